@@ -1,0 +1,1 @@
+"""Settings, domain errors and logging shared by every ftserve package."""

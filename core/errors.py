@@ -1,0 +1,56 @@
+"""Domain errors. The API maps each class to one status code and error type (api/errors.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FtserveError(Exception):
+    def __init__(self, message: str, *, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class ValidationFailed(FtserveError):
+    """The request can be fixed by the user (422)."""
+
+
+class NotFound(FtserveError):
+    """An unknown id or model ref (404)."""
+
+
+class Conflict(FtserveError):
+    """The request clashes with the current state (409)."""
+
+
+class Unauthorized(FtserveError):
+    """Missing or wrong API key (401)."""
+
+
+class PayloadTooLarge(FtserveError):
+    """Upload over the size limit (413)."""
+
+
+class RateLimited(FtserveError):
+    """A full queue (429)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReady(FtserveError):
+    """A dependency is down (503)."""
+
+
+class DeadlineExceeded(FtserveError):
+    """A request past its deadline (504)."""
+
+
+class UserError(FtserveError):
+    """A training job failed because of its data or parameters: the user can fix it."""
+
+
+class SystemError_(FtserveError):
+    """A training job failed for a reason that is ours or the machine's."""

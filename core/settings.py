@@ -1,0 +1,122 @@
+"""The one settings class: every `FTSERVE_*` environment variable is read here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".ftserve-data"), description="Root of all stored state.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker URL; default: an embedded filesystem transport."
+    )
+    queue: str = Field(default="ftserve", description="Celery queue that training jobs are sent to.")
+    api_keys: str = Field(default="", description="Comma-separated name:key pairs; empty = auth off.")
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_job_seconds: float = 24 * 3600.0
+    cancel_grace_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    requeue_after_seconds: float = 120.0
+    progress_interval_seconds: float = 2.0
+
+    hub_timeout_seconds: float = 10.0
+    hf_offline: bool = Field(default=False, description="Never contact the Hugging Face hub.")
+    hub_probe: bool = Field(
+        default=True, description="At start, check the hub is reachable; if not, use the local cache only."
+    )
+
+    model_cache_size: int = 4
+    max_batch_size: int = 32
+    max_inputs_per_request: int = 256
+    max_input_chars: int = 100_000
+    max_new_tokens_cap: int = 512
+    max_num_beams_cap: int = 8
+    torch_threads: int = Field(default=0, description="0 = torch default (one per core).")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'ftserve.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def hf_home(self) -> Path:
+        """Our own HF cache unless the user points HF_HOME elsewhere (never the user's global cache)."""
+        env = os.environ.get("HF_HOME")
+        return Path(env) if env else self.data_dir / "hf"
+
+    @property
+    def api_key_map(self) -> dict[str, str]:
+        """key → owner name."""
+        pairs: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in self.api_keys.split(","))):
+            name, sep, key = item.partition(":")
+            if not sep or not name or not key:
+                raise ValueError("FTSERVE_API_KEYS entries must be name:key pairs")
+            pairs[key] = name
+        return pairs
+
+
+def hub_reachable(*, timeout: float) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((host.hostname or "huggingface.co", host.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def configure_environment(settings: Settings | None = None) -> Settings:
+    """Point Hugging Face libraries at our cache before they are imported; call at process start."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HOME", str(settings.hf_home))
+    if settings.hf_offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    elif (
+        settings.hub_probe
+        and os.environ.get("HF_HUB_OFFLINE", "") in ("", "0", "false")
+        and not hub_reachable(timeout=min(3.0, settings.hub_timeout_seconds))
+    ):
+        # huggingface_hub retries a failed connection with backoff for minutes; with no route to the
+        # hub, say so once and go offline so cached models load at once and missing ones fail fast.
+        logging.getLogger("ftserve").warning(
+            "the Hugging Face hub is not reachable: using the local cache only (HF_HUB_OFFLINE=1)"
+        )
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["FTSERVE_HUB_UNREACHABLE"] = "1"
+    # A hub that cannot be reached must fail fast, not hang for the library's default timeouts.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(settings.hub_timeout_seconds)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(settings.hub_timeout_seconds)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return settings
