@@ -1,0 +1,79 @@
+"""The artifact store layout on disk. Every path from a user goes through `_inside` first."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from core.errors import ValidationFailed
+
+_SAFE_ID = re.compile(r"^[a-z0-9_]{1,64}$")
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ArtifactStore:
+    """Local data dir now; the same small interface can later front object storage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise ValidationFailed("path escapes the data dir")
+        return path
+
+    @staticmethod
+    def _check_id(value: str) -> str:
+        if not _SAFE_ID.match(value):
+            raise ValidationFailed(f"invalid id '{value}'")
+        return value
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self._inside("datasets", self._check_id(dataset_id))
+
+    def dataset_file(self, dataset_id: str, file_name: str) -> Path:
+        safe = safe_file_name(file_name)
+        return self._inside("datasets", self._check_id(dataset_id), safe)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self._inside("jobs", self._check_id(job_id))
+
+    def checkpoints_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "checkpoints"
+
+    def model_dir(self, name: str) -> Path:
+        if not MODEL_NAME.match(name):
+            raise ValidationFailed(f"invalid model name '{name}'")
+        return self._inside("models", name)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / str(int(version))
+
+    def staging_dir(self, name: str, job_id: str) -> Path:
+        """Where a version is written before the rename that publishes it."""
+        return self.model_dir(name) / f".tmp-{self._check_id(job_id)}"
+
+    def publish(self, staging: Path, name: str, version: int) -> Path:
+        final = self.version_dir(name, version)
+        if final.exists():
+            # A half-finished earlier attempt could not have got here (rename is atomic), so this
+            # is a leftover of a version whose row was never committed: replace it.
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return final
+
+    def remove_tree(self, path: Path) -> None:
+        path = self._inside(*path.resolve().relative_to(self.root).parts)
+        shutil.rmtree(path, ignore_errors=False) if path.exists() else None
+
+
+def safe_file_name(file_name: str) -> str:
+    """Keep the base name only, with a conservative character set."""
+    base = os.path.basename(file_name.replace("\\", "/")).strip()
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
+    if not base or base.startswith("."):
+        base = "upload" + base
+    return base[:200]

@@ -1,0 +1,108 @@
+"""Registered models: versions, aliases and model-ref resolution (`name`, `name:3`, `name@alias`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, NotFound, ValidationFailed
+from registry.models import ModelAlias, ModelVersion, RegisteredModel
+
+_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d+)|@(?P<alias>[a-z0-9][a-z0-9._-]{0,63}))?$")
+ENDPOINTS = {
+    "classification": "/classify",
+    "question-answering": "/answer",
+    "summarization": "/summarize",
+    "generation": "/generate",
+}
+
+
+@dataclass(frozen=True)
+class ParsedRef:
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+
+def parse_ref(ref: str) -> ParsedRef | None:
+    m = _REF.match(ref.strip())
+    if not m:
+        return None
+    version = m.group("version")
+    return ParsedRef(m.group("name"), int(version) if version else None, m.group("alias"))
+
+
+def get_model(session: Session, name: str) -> RegisteredModel | None:
+    return session.get(RegisteredModel, name)
+
+
+def ensure_model(session: Session, *, name: str, task: str, owner: str) -> RegisteredModel:
+    model = session.get(RegisteredModel, name)
+    if model is None:
+        model = RegisteredModel(name=name, task=task, owner=owner)
+        session.add(model)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            model = session.get(RegisteredModel, name)
+            if model is None:
+                raise
+    if model.task != task:
+        raise Conflict(f"model name '{name}' is already used by a {model.task} model; choose another model_name")
+    return model
+
+
+def next_version(session: Session, name: str) -> int:
+    return int(session.scalar(select(func.coalesce(func.max(ModelVersion.version), 0))
+                              .where(ModelVersion.name == name)) or 0) + 1
+
+
+def resolve(session: Session, ref: str) -> ModelVersion:
+    """A model ref → the version it names now. Unknown → NotFound naming it."""
+    parsed = parse_ref(ref)
+    if parsed is None:
+        raise NotFound(f"model '{ref}' not found (refs look like name, name:3 or name@alias)")
+    if get_model(session, parsed.name) is None:
+        raise NotFound(f"model '{parsed.name}' not found")
+    version = parsed.version
+    if parsed.alias is not None:
+        alias = session.get(ModelAlias, (parsed.name, parsed.alias))
+        if alias is None:
+            raise NotFound(f"model '{parsed.name}' has no alias '{parsed.alias}'")
+        version = alias.version
+    elif version is None:
+        production = session.get(ModelAlias, (parsed.name, "production"))
+        version = production.version if production else next_version(session, parsed.name) - 1
+    mv = session.get(ModelVersion, (parsed.name, version)) if version else None
+    if mv is None:
+        raise NotFound(f"model '{ref}' not found" + ("" if version is None else f" (no version {version})"))
+    return mv
+
+
+def newest_of_task(session: Session, task: str) -> ModelVersion:
+    mv = session.scalars(
+        select(ModelVersion).where(ModelVersion.task == task)
+        .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc()).limit(1)
+    ).first()
+    if mv is None:
+        raise NotFound(f"no {task} model is registered yet; train one with POST /jobs (task '{task}')")
+    return mv
+
+
+def resolve_for_task(session: Session, ref: str | None, task: str) -> ModelVersion:
+    mv = newest_of_task(session, task) if ref is None else resolve(session, ref)
+    if mv.task != task:
+        raise ValidationFailed(
+            f"model '{mv.name}:{mv.version}' is a {mv.task} model; it is served by {ENDPOINTS[mv.task]}"
+        )
+    return mv
+
+
+def aliases_of(session: Session, name: str) -> dict[str, int]:
+    rows = session.scalars(select(ModelAlias).where(ModelAlias.name == name)).all()
+    return {a.alias: a.version for a in rows}
