@@ -1,0 +1,49 @@
+"""Loading tokenizers and models: safetensors only, never remote code, errors a user can act on."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from core.errors import UserError
+
+
+def _unloadable(source: str, exc: Exception) -> UserError:
+    where = os.environ.get("HF_HOME", "the Hugging Face cache")
+    if os.path.isdir(source):
+        return UserError(f"could not load the model at {source}: {type(exc).__name__}: {exc}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    if os.environ.get("FTSERVE_HUB_UNREACHABLE"):
+        reach = "the hub could not be reached from this machine"
+    elif offline:
+        reach = "the hub is disabled (offline mode, HF_HUB_OFFLINE=1)"
+    else:
+        reach = "the hub could not be reached or has no such model"
+    return UserError(
+        f"could not load base model '{source}': it is not in the local Hugging Face cache ({where}) and "
+        f"{reach}. Check the hub id, or pre-download it into the cache. ({type(exc).__name__}: {exc})"
+    )
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unloadable(source, exc) from exc
+
+
+def load_model(auto_class: Any, source: str, **kwargs: Any) -> Any:
+    try:
+        return auto_class.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unloadable(source, exc) from exc
+
+
+def effective_max_length(tokenizer: Any, requested: int) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a known limit report a huge sentinel value.
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return min(requested, limit)
+    return requested

@@ -1,0 +1,273 @@
+"""The generic fine-tuning run shared by every task: data → split → tokenize → Trainer → saved dir.
+
+`run()` knows nothing of the database: the worker passes callbacks for progress, events and cancel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError, ValidationFailed
+from training.data import Rows, Source, check_columns, load_rows
+from training.params_file import FILE as PARAMS_FILE
+from training.params_file import write_json
+from training.spec import JobSpec
+from training.tasks import get_task
+
+ProgressFn = Callable[[dict[str, Any]], None]
+EventFn = Callable[[str, str, dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """The run stopped at a step boundary because `should_stop` said so."""
+
+
+@dataclass
+class TrainingData:
+    train: Source
+    validation: Source | None = None
+    split_ratio: float = 0.1
+    # What the version records about its data (dataset id + sha256 or hub name).
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    metrics: dict[str, float]
+    data_stats: dict[str, int]
+    training_params: dict[str, Any]
+
+
+def map_rows_checked(
+    spec: JobSpec, present: list[str], rows: list[dict[str, Any]], *, what: str
+) -> list[dict[str, Any]]:
+    """Rename the mapped columns to the task's field names and check the rows (API and worker alike)."""
+    check_columns(present, spec.columns, what=what)
+    mapped = [{field: row.get(column) for field, column in spec.columns.items()} for row in rows]
+    get_task(spec.task).check_rows(mapped, uploaded=True, what=what)
+    return mapped
+
+
+def _load(spec: JobSpec, source: Source) -> list[dict[str, Any]]:
+    rows: Rows = load_rows(source)
+    return map_rows_checked(spec, rows.columns, rows.rows, what=source.label)
+
+
+def load_split(spec: JobSpec, data: TrainingData) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    task = get_task(spec.task)
+    params = spec.params()
+    train_rows = _load(spec, data.train)
+    if data.validation is not None:
+        eval_rows = _load(spec, data.validation)
+    else:
+        train_rows, eval_rows = task.split(train_rows, ratio=data.split_ratio, seed=params.seed)
+    return train_rows, eval_rows, 0
+
+
+class _Hooks:
+    """TrainerCallback pieces: progress, metric events, cancel at step boundaries, final eval."""
+
+    def __init__(self, *, on_progress: ProgressFn, on_event: EventFn, should_stop: StopFn) -> None:
+        self.on_progress = on_progress
+        self.on_event = on_event
+        self.should_stop = should_stop
+        self.cancelled = False
+        self.t0 = time.monotonic()
+        self.first_step: int | None = None
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        hooks = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                hooks.t0 = time.monotonic()
+                hooks.first_step = state.global_step
+                hooks.on_progress(
+                    {"step": state.global_step, "total_steps": state.max_steps, "epoch": state.epoch or 0.0,
+                     "eta_seconds": None}
+                )
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+                done = state.global_step - (hooks.first_step or 0)
+                elapsed = time.monotonic() - hooks.t0
+                eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
+                hooks.on_progress(
+                    {"step": state.global_step, "total_steps": state.max_steps,
+                     "epoch": round(float(state.epoch or 0.0), 4),
+                     "eta_seconds": None if eta is None else round(eta, 1)}
+                )
+                if state.global_step >= state.max_steps:
+                    # Evaluate and save at the very end too, so the last steps can win "best".
+                    control.should_evaluate = True
+                    control.should_save = True
+                if hooks.should_stop():
+                    hooks.cancelled = True
+                    control.should_training_stop = True
+                    control.should_save = False
+                    control.should_evaluate = False
+                return control
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                       **kw: Any) -> None:
+                if not logs:
+                    return
+                data = {"step": state.global_step, **{k: v for k, v in logs.items()
+                                                     if isinstance(v, (int, float))}}
+                if "loss" in data and not math.isfinite(float(data["loss"])):
+                    hooks.on_event("log", f"non-finite training loss at step {state.global_step}", data)
+                hooks.on_event("metrics", "", data)
+
+        return _Callback()
+
+
+def _best_eval(state: Any) -> dict[str, Any] | None:
+    """The evaluation logged at the best checkpoint, which load_best_model_at_end has just loaded:
+    evaluating it again would cost a full pass over the validation set for the same numbers."""
+    step = state.best_global_step
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and any(k.startswith("eval_") for k in entry):
+            return dict(entry)
+    return None
+
+
+def _schedule(n_train: int, params: Any) -> tuple[int, int, int]:
+    """(total optimizer steps, eval/save every N steps, logging every N steps)."""
+    per_epoch = max(1, math.ceil(n_train / (params.batch_size * params.gradient_accumulation_steps)))
+    total = params.max_steps or max(1, math.ceil(per_epoch * params.epochs))
+    every = params.eval_steps or min(per_epoch, total)
+    logging = params.logging_steps or max(1, min(50, total // 20 or 1))
+    return total, every, logging
+
+
+def run(
+    spec: JobSpec,
+    *,
+    data: TrainingData,
+    model_source: str,
+    base_model_resolved: str,
+    out_dir: Path,
+    checkpoints_dir: Path,
+    on_progress: ProgressFn,
+    on_event: EventFn,
+    should_stop: StopFn,
+    resume_from: Path | None = None,
+    device: str | None = None,
+    on_data: Callable[[dict[str, int]], None] | None = None,
+) -> RunResult:
+    """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`."""
+    import torch
+    from transformers import set_seed
+
+    from training.modeling import load_tokenizer
+
+    task = get_task(spec.task)
+    params = spec.params()
+    set_seed(params.seed)
+
+    train_rows, eval_rows, dropped = load_split(spec, data)
+    data_stats = {"train_rows": len(train_rows), "validation_rows": len(eval_rows), "dropped_rows": dropped}
+    on_event("log", f"data: {len(train_rows)} training rows, {len(eval_rows)} validation rows", data_stats)
+    if on_data is not None:
+        on_data(data_stats)
+
+    tokenizer = load_tokenizer(model_source)
+    prepared = task.prepare(
+        model_source=model_source,
+        tokenizer=tokenizer,
+        params=params,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        on_event=on_event,
+    )
+    total, every, logging_steps = _schedule(len(prepared.train), params)
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    fp16 = params.fp16 if params.fp16 is not None else use_cuda
+    if fp16 and not use_cuda:
+        raise ValidationFailed("hyperparameters.fp16: fp16 training needs a CUDA GPU; this worker has none")
+
+    args = task.build_args(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.eval_batch_size or params.batch_size * 2,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        learning_rate=params.learning_rate,
+        weight_decay=params.weight_decay,
+        warmup_steps=params.warmup_steps,
+        lr_scheduler_type=params.lr_scheduler_type,
+        max_steps=total,
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=params.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=task.main_metric,
+        greater_is_better=task.greater_is_better,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        report_to="none",
+        disable_tqdm=True,
+        seed=params.seed,
+        data_seed=params.seed,
+        fp16=fp16,
+        use_cpu=not use_cuda,
+        dataloader_num_workers=0,
+        save_only_model=False,
+        **task.training_args_extra(params),
+    )
+    hooks = _Hooks(on_progress=on_progress, on_event=on_event, should_stop=should_stop)
+    trainer = task.make_trainer(
+        model=prepared.model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=tokenizer,
+        data_collator=prepared.collator,
+        compute_metrics=prepared.compute_metrics,
+        callbacks=[hooks.callback()],
+    )
+    train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if hooks.cancelled:
+        raise Cancelled("training stopped on request")
+    train_loss = float(train_out.training_loss)
+    if not math.isfinite(train_loss):
+        raise UserError(
+            "training diverged (the loss is not finite); lower the learning_rate or check the data"
+        )
+    eval_metrics = _best_eval(trainer.state) or trainer.evaluate()
+    metrics: dict[str, float] = {}
+    for key, value in eval_metrics.items():
+        if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(
+            ("_runtime", "_per_second", "epoch")
+        ):
+            metrics[key if key == "eval_loss" else key.removeprefix("eval_")] = float(value)
+    metrics.update(task.derived_metrics(metrics))
+    metrics["train_loss"] = train_loss
+    metrics["train_runtime_s"] = float(train_out.metrics.get("train_runtime", 0.0))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.config.use_cache = True
+    trainer.save_model(str(out_dir))  # safetensors by default in transformers 5
+    tokenizer.save_pretrained(str(out_dir))
+    # The Trainer pickles its arguments next to the weights; a served artifact ships no pickles.
+    (out_dir / "training_args.bin").unlink(missing_ok=True)
+    training_params = {
+        **json.loads(spec.model_dump_json()),
+        "base_model_resolved": base_model_resolved,
+        "serving": prepared.serving_params,
+        "data": {**data.provenance, **data_stats},
+        "schedule": {"total_steps": total, "eval_steps": every, "logging_steps": logging_steps},
+    }
+    write_json(out_dir / PARAMS_FILE, training_params)
+    write_json(out_dir / "metrics.json", metrics)
+    return RunResult(out_dir=out_dir, metrics=metrics, data_stats=data_stats, training_params=training_params)

@@ -1,0 +1,176 @@
+"""The job spec: one pydantic model per task for hyperparameters, one shared request shape.
+
+Torch-free on purpose: the API validates submissions with these models at request time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import ValidationFailed
+
+TASK_NAMES = ("classification", "question-answering", "summarization", "generation")
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommonParams(_Strict):
+    epochs: float = Field(default=3.0, gt=0, le=1000)
+    max_steps: int | None = Field(default=None, gt=0, description="Overrides epochs when set.")
+    learning_rate: float = Field(default=5e-5, gt=0, le=1)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    eval_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    max_length: int = Field(default=256, ge=8, le=32768)
+    seed: int = Field(default=42, ge=0)
+    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate and save every N steps.")
+    logging_steps: int | None = Field(default=None, ge=1)
+    save_total_limit: int = Field(default=2, ge=1, description="The best and the newest checkpoint.")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    fp16: bool | None = Field(default=None, description="Default: on when a CUDA GPU is used.")
+
+
+class ClassificationParams(CommonParams):
+    pass
+
+
+class QuestionAnsweringParams(CommonParams):
+    max_length: int = Field(default=384, ge=16, le=32768)
+    doc_stride: int = Field(default=128, ge=1)
+    max_answer_length: int = Field(default=30, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> QuestionAnsweringParams:
+        if self.doc_stride >= self.max_length:
+            raise ValueError("doc_stride must be smaller than max_length")
+        return self
+
+
+class SummarizationParams(CommonParams):
+    max_length: int = Field(default=512, ge=8, le=32768)
+    max_target_length: int = Field(default=64, ge=1, le=4096)
+    prefix: str | None = Field(default=None, description='Default: "summarize: " for T5 models, else "".')
+    eval_num_beams: int = Field(default=1, ge=1, le=16)
+
+
+class GenerationParams(CommonParams):
+    block_size: int = Field(default=128, ge=8, le=32768)
+
+
+PARAMS: dict[str, type[CommonParams]] = {
+    "classification": ClassificationParams,
+    "question-answering": QuestionAnsweringParams,
+    "summarization": SummarizationParams,
+    "generation": GenerationParams,
+}
+
+# task → {field: default column}
+FIELDS: dict[str, dict[str, str]] = {
+    "classification": {"text": "text", "label": "label"},
+    "question-answering": {"question": "question", "context": "context", "answers": "answers"},
+    "summarization": {"document": "document", "summary": "summary"},
+    "generation": {"text": "text"},
+}
+
+
+class DatasetRef(_Strict):
+    id: str | None = None
+    hub: str | None = Field(default=None, max_length=256)
+    config: str | None = Field(default=None, max_length=256)
+    split: str = Field(default="train", max_length=128)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetRef:
+        if (self.id is None) == (self.hub is None):
+            raise ValueError('give exactly one of "id" (an uploaded dataset) or "hub" (a hub dataset name)')
+        return self
+
+
+class ValidationRef(_Strict):
+    id: str | None = None
+    hub: str | None = Field(default=None, max_length=256)
+    config: str | None = None
+    split: str | None = None
+    split_ratio: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationRef:
+        given = [x for x in (self.id, self.hub, self.split_ratio) if x is not None]
+        if len(given) != 1:
+            raise ValueError('give exactly one of "id", "hub" or "split_ratio"')
+        return self
+
+
+class JobRequest(_Strict):
+    task: str
+    base_model: str = Field(min_length=1, max_length=512)
+    dataset: DatasetRef
+    validation: ValidationRef = Field(default_factory=lambda: ValidationRef(split_ratio=0.1))
+    columns: dict[str, str] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+
+
+class JobSpec(_Strict):
+    """A validated request with every effective value filled in; stored on the job row."""
+
+    task: str
+    base_model: str
+    dataset: DatasetRef
+    validation: ValidationRef
+    columns: dict[str, str]
+    hyperparameters: dict[str, Any]
+    model_name: str
+
+    def params(self) -> CommonParams:
+        return PARAMS[self.task].model_validate(self.hyperparameters)
+
+
+def _loc(error: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()))
+
+
+def params_error(task: str, exc: ValidationError) -> ValidationFailed:
+    allowed = sorted(PARAMS[task].model_fields)
+    messages = []
+    for err in exc.errors():
+        field = _loc(err)
+        if err.get("type") == "extra_forbidden":
+            messages.append(f"unknown hyperparameter '{field}' for task {task}; allowed: {', '.join(allowed)}")
+        else:
+            messages.append(f"hyperparameters.{field}: {err.get('msg')}" if field else str(err.get("msg")))
+    return ValidationFailed("; ".join(messages), details=[{"loc": ["hyperparameters", *e["loc"]],
+                                                           "msg": e["msg"]} for e in exc.errors()])
+
+
+def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
+    """Check the task, column mapping and hyperparameters; fill in defaults."""
+    if request.task not in PARAMS:
+        raise ValidationFailed(f"unknown task '{request.task}'; allowed: {', '.join(TASK_NAMES)}")
+    fields = FIELDS[request.task]
+    unknown = sorted(set(request.columns) - set(fields))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown column field(s) {', '.join(repr(u) for u in unknown)} for task {request.task}; "
+            f"allowed: {', '.join(fields)}"
+        )
+    try:
+        params = PARAMS[request.task].model_validate(request.hyperparameters)
+    except ValidationError as exc:
+        raise params_error(request.task, exc) from exc
+    return JobSpec(
+        task=request.task,
+        base_model=request.base_model.strip(),
+        dataset=request.dataset,
+        validation=request.validation,
+        columns={**fields, **request.columns},
+        hyperparameters=params.model_dump(mode="json"),
+        model_name=request.model_name or default_model_name,
+    )

@@ -1,0 +1,85 @@
+"""The shape every task module has. Adding a task = one module implementing `Task` + one registry entry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from training.spec import CommonParams
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+EventFn = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class Prepared:
+    """What a task hands the generic runner."""
+
+    model: PreTrainedModel
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    collator: Any
+    compute_metrics: Callable[[Any], dict[str, float]] | None
+    # Saved into training_params.json so that serving reads the same choices.
+    serving_params: dict[str, Any] = field(default_factory=dict)
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Task(ABC):
+    name: str
+    main_metric: str
+    greater_is_better: bool = True
+
+    @abstractmethod
+    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        """Raise ValidationFailed naming the bad field or row. `rows` use the task's field names."""
+
+    def split(
+        self, rows: list[dict[str, Any]], *, ratio: float, seed: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        import random
+
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(len(rows) * ratio))
+        if n_val >= len(rows):
+            from core.errors import ValidationFailed
+
+            raise ValidationFailed(f"{len(rows)} row(s) are too few to hold out a validation split")
+        val = set(order[:n_val])
+        return [r for i, r in enumerate(rows) if i not in val], [rows[i] for i in sorted(val)]
+
+    @abstractmethod
+    def prepare(
+        self,
+        *,
+        model_source: str,
+        tokenizer: PreTrainedTokenizerBase,
+        params: CommonParams,
+        train_rows: list[dict[str, Any]],
+        eval_rows: list[dict[str, Any]],
+        on_event: EventFn,
+    ) -> Prepared:
+        """Load the model, tokenize both splits, and give the collator and metrics."""
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Metrics computed from the evaluation's, e.g. perplexity from eval_loss."""
+        return {}
+
+    def make_trainer(self, **kwargs: Any) -> Trainer:
+        from transformers import Trainer
+
+        return Trainer(**kwargs)
+
+    def training_args_extra(self, params: CommonParams) -> dict[str, Any]:
+        return {}
+
+    def build_args(self, **kwargs: Any) -> TrainingArguments:
+        from transformers import TrainingArguments
+
+        return TrainingArguments(**kwargs)

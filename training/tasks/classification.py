@@ -1,0 +1,173 @@
+"""Text classification (BERT/DistilBERT-style encoders with a sequence-classification head)."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.errors import ValidationFailed
+from training.metrics import accuracy, f1_macro
+from training.spec import CommonParams
+from training.tasks.base import EventFn, Prepared, Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def label_text(value: Any) -> str:
+    # Labels are always strings: an integer column gives "0", "1", …; floats like 1.0 give "1".
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    main_metric = "f1_macro"
+
+    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        labels: set[str] = set()
+        for index, row in enumerate(rows, start=1):
+            text, label = row.get("text"), row.get("label")
+            if not isinstance(text, str) or not text.strip():
+                raise ValidationFailed(f"{what} row {index}: field 'text' is empty or not a string")
+            if label is None or (isinstance(label, str) and not label.strip()):
+                raise ValidationFailed(f"{what} row {index}: field 'label' is empty")
+            if isinstance(label, (list, dict)):
+                raise ValidationFailed(f"{what} row {index}: field 'label' must be a single value")
+            labels.add(label_text(label))
+        if len(labels) < 2:
+            raise ValidationFailed(
+                f"{what}: the label column has {len(labels)} class ({', '.join(sorted(labels))}); "
+                "classification needs at least 2"
+            )
+
+    def split(
+        self, rows: list[dict[str, Any]], *, ratio: float, seed: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Stratified: each class gives its share to validation; a class with one row stays in training."""
+        by_class: dict[str, list[int]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            by_class[label_text(row["label"])].append(i)
+        rng = random.Random(seed)
+        val: set[int] = set()
+        for label in sorted(by_class):
+            idx = by_class[label]
+            rng.shuffle(idx)
+            if len(idx) < 2:
+                continue
+            val.update(idx[: min(len(idx) - 1, max(1, round(len(idx) * ratio)))])
+        if not val:
+            raise ValidationFailed(f"{len(rows)} row(s) are too few to hold out a validation split")
+        return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+    def prepare(
+        self,
+        *,
+        model_source: str,
+        tokenizer: PreTrainedTokenizerBase,
+        params: CommonParams,
+        train_rows: list[dict[str, Any]],
+        eval_rows: list[dict[str, Any]],
+        on_event: EventFn,
+    ) -> Prepared:
+        import datasets
+        from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
+
+        from training.modeling import effective_max_length, load_model
+
+        labels = sorted({label_text(r["label"]) for r in train_rows} | {label_text(r["label"]) for r in eval_rows})
+        label2id = {label: i for i, label in enumerate(labels)}
+        id2label = dict(enumerate(labels))
+
+        config = AutoConfig.from_pretrained(model_source, trust_remote_code=False)
+        base_labels = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+        keeps_head = Path(model_source).is_dir() and set(base_labels) == set(labels) and (
+            getattr(config, "problem_type", None) in (None, "single_label_classification")
+        )
+        if keeps_head:
+            # Same label set as the registered model: keep its head, in its own label order.
+            label2id = {label: int(i) for i, label in config.id2label.items()}
+            label2id = {label: i for label, i in sorted(((lab, int(i)) for lab, i in label2id.items()))}
+            id2label = {i: label for label, i in label2id.items()}
+            model = load_model(AutoModelForSequenceClassification, model_source)
+        else:
+            if Path(model_source).is_dir() and base_labels:
+                on_event(
+                    "log",
+                    f"label set differs from the base model's ({', '.join(base_labels)}): "
+                    "classification head re-created",
+                    {"base_labels": base_labels, "labels": labels},
+                )
+            model = load_model(
+                AutoModelForSequenceClassification,
+                model_source,
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id=label2id,
+                ignore_mismatched_sizes=True,
+            )
+        model.config.id2label = {int(i): lab for i, lab in id2label.items()}
+        model.config.label2id = {lab: int(i) for i, lab in id2label.items()}
+        model.config.problem_type = "single_label_classification"
+        max_length = effective_max_length(tokenizer, params.max_length)
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+            enc["labels"] = [label2id[label_text(x)] for x in batch["label"]]
+            return enc
+
+        def to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+            ds = datasets.Dataset.from_dict(
+                {"text": [r["text"] for r in rows], "label": [label_text(r["label"]) for r in rows]}
+            )
+            return ds.map(encode, batched=True, remove_columns=["text", "label"])
+
+        def compute_metrics(pred: Any) -> dict[str, float]:
+            logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+            y_pred = np.argmax(logits, axis=-1)
+            return {"accuracy": accuracy(pred.label_ids, y_pred), "f1_macro": f1_macro(pred.label_ids, y_pred)}
+
+        return Prepared(
+            model=model,
+            train=to_dataset(train_rows),
+            eval=to_dataset(eval_rows),
+            collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+            serving_params={"labels": labels, "max_length": max_length},
+        )
+
+
+class ClassificationPredictor:
+    """A list of texts in, a list of ranked label lists out."""
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        from training.modeling import load_model, load_tokenizer
+        from training.params_file import read_training_params
+
+        self.tokenizer = load_tokenizer(str(model_dir))
+        self.model = load_model(AutoModelForSequenceClassification, str(model_dir)).to(device).eval()
+        self.device = device
+        params = read_training_params(model_dir)
+        self.max_length = int(params.get("serving", {}).get("max_length", 512))
+        self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+
+    def predict(self, texts: list[str], *, top_k: int | None = 1) -> list[list[dict[str, Any]]]:
+        import torch
+
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        k = probs.shape[1] if top_k is None else min(top_k, probs.shape[1])
+        out = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:k]
+            out.append([{"label": self.id2label[int(i)], "score": float(row[i])} for i in order])
+        return out
