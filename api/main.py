@@ -1,0 +1,24 @@
+"""Wiring only: settings, middleware, error handlers, routers."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import errors
+from api.auth import ApiKeyMiddleware
+from api.routes import datasets, jobs, models, predict, service
+from core.settings import Settings, configure_environment, get_settings
+from inference.service import InferenceService
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = configure_environment(settings or get_settings())
+    app = FastAPI(title="ftserve", version="0.1.0",
+                  description="Fine-tune Hugging Face models over REST and serve them at once.")
+    app.state.settings = settings
+    app.state.inference = InferenceService(settings)
+    errors.install(app)
+    for module in (service, datasets, jobs, models, predict):
+        app.include_router(module.router)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_map)
+    return app

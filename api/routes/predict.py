@@ -1,0 +1,104 @@
+"""Predict endpoints. Models are reached only through inference/; nothing is loaded here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import InferenceDep, SettingsDep
+from api.errors import error_body
+from api.schemas import AnswerRequest, ClassifyRequest, GenerateRequest, SummarizeRequest
+from core.errors import FtserveError, ValidationFailed
+
+router = APIRouter(tags=["predict"])
+
+
+def _check_sizes(texts: list[str], *, max_items: int, max_chars: int) -> None:
+    if len(texts) > max_items:
+        raise ValidationFailed(f"inputs has {len(texts)} items; the limit is {max_items} per request")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise ValidationFailed(f"inputs[{i}] has {len(text)} characters; the limit is {max_chars}")
+
+
+def _cap(name: str, value: int, cap: int) -> None:
+    if value > cap:
+        raise ValidationFailed(f"{name} is {value}; the limit is {cap}")
+
+
+@router.post("/classify")
+async def classify(body: ClassifyRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+    texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
+    ref, predictions = await service.run(body.model, "classification", "predict", texts, top_k=body.top_k)
+    return {"model": ref, "predictions": predictions}
+
+
+@router.post("/answer")
+async def answer(body: AnswerRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+    try:
+        items = body.items()
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    _check_sizes([i.context + i.question for i in items], max_items=settings.max_inputs_per_request,
+                 max_chars=settings.max_input_chars)
+    pairs = [(i.question, i.context) for i in items]
+    ref, answers = await service.run(body.model, "question-answering", "answer", pairs)
+    return {"model": ref, "answers": answers}
+
+
+@router.post("/summarize")
+async def summarize(body: SummarizeRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+    texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+    _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
+    _cap("max_new_tokens", body.max_new_tokens, settings.max_new_tokens_cap)
+    _cap("num_beams", body.num_beams, settings.max_num_beams_cap)
+    if body.min_new_tokens > body.max_new_tokens:
+        raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
+    ref, summaries = await service.run(
+        body.model, "summarization", "summarize", texts, max_new_tokens=body.max_new_tokens,
+        min_new_tokens=body.min_new_tokens, num_beams=body.num_beams, length_penalty=body.length_penalty,
+        no_repeat_ngram_size=body.no_repeat_ngram_size,
+    )
+    return {"model": ref, "summaries": summaries}
+
+
+@router.post("/generate", response_model=None)
+async def generate(body: GenerateRequest, service: InferenceDep, settings: SettingsDep) -> Any:
+    try:
+        prompts = body.prompts()
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    _check_sizes(prompts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
+    _cap("max_new_tokens", body.max_new_tokens, settings.max_new_tokens_cap)
+    if body.min_new_tokens > body.max_new_tokens:
+        raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
+    params = body.generation_params()
+    if not body.stream:
+        ref, generations = await service.run(body.model, "generation", "generate", prompts, **params)
+        return {"model": ref, "generations": generations}
+
+    # Resolve before the stream starts, so an unknown model is still a plain 404.
+    resolved = await service.resolve_async(body.model, "generation")
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for item in service.stream(resolved, "stream", prompts[0], **params):
+                if "done" in item:
+                    yield f"event: done\ndata: {json.dumps(item['done'])}\n\n"
+                else:
+                    yield f"event: token\ndata: {json.dumps(item)}\n\n"
+        except FtserveError as exc:
+            yield f"event: error\ndata: {json.dumps(error_body('validation_error', exc.message))}\n\n"
+        except Exception as exc:  # the stream has started: report the failure in-band, not as a status
+            import logging
+
+            logging.getLogger("ftserve.api").exception("generation stream failed")
+            yield f"event: error\ndata: {json.dumps(error_body('internal', type(exc).__name__))}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Model": resolved.ref})
