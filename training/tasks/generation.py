@@ -1,0 +1,206 @@
+"""Causal-LM fine-tuning (GPT-2 style) on a text corpus, served by /generate.
+
+Texts are tokenized, joined with the EOS token and packed into blocks of `block_size`, so no token
+is spent on padding during training.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ValidationFailed
+from training.spec import CommonParams, GenerationParams
+from training.tasks.base import EventFn, Prepared, Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    # GPT-2 has no pad token; padding is only used for batching and is masked, so EOS serves.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+class GenerationTask(Task):
+    name = "generation"
+    main_metric = "eval_loss"
+    greater_is_better = False
+
+    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row.get("text"), str):
+                raise ValidationFailed(f"{what} row {number}: field 'text' must be a string")
+        if not any(row["text"].strip() for row in rows):
+            raise ValidationFailed(f"{what}: the corpus is empty (every 'text' is blank)")
+
+    def prepare(
+        self,
+        *,
+        model_source: str,
+        tokenizer: PreTrainedTokenizerBase,
+        params: CommonParams,
+        train_rows: list[dict[str, Any]],
+        eval_rows: list[dict[str, Any]],
+        on_event: EventFn,
+    ) -> Prepared:
+        import datasets
+        from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
+
+        from training.modeling import load_model
+
+        assert isinstance(params, GenerationParams)
+        if tokenizer.eos_token_id is None:
+            raise ValidationFailed("the base model's tokenizer has no EOS token; pick a causal-LM model")
+        ensure_pad_token(tokenizer)
+        model = load_model(AutoModelForCausalLM, model_source)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        block = min(params.block_size, int(limit)) if limit else params.block_size
+
+        def pack(rows: list[dict[str, Any]], what: str) -> datasets.Dataset:
+            ids: list[int] = []
+            for row in rows:
+                if row["text"].strip():
+                    ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            n = len(ids) // block
+            if n == 0:
+                raise ValidationFailed(
+                    f"the {what} text has {len(ids)} tokens, fewer than one block of block_size {block}; "
+                    "add text or lower block_size")
+            blocks = [ids[i * block:(i + 1) * block] for i in range(n)]
+            return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block] * n})
+
+        return Prepared(
+            model=model,
+            train=pack(train_rows, "training"),
+            eval=pack(eval_rows, "validation"),
+            collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+            compute_metrics=None,
+            serving_params={"block_size": block},
+        )
+
+    def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        loss = metrics.get("eval_loss")
+        if loss is None:
+            return {}
+        return {"perplexity": math.exp(loss) if loss < 700 else float("inf")}
+
+
+class _StopOn:
+    """Stops generation once the decoded new text contains a stop sequence."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: list[str]) -> None:
+        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
+        hit = any(stop in text for stop in self.stops)
+        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+
+
+class GenerationPredictor:
+    """Prompts in, {"text", "finish_reason", "tokens"} out. `text` excludes the prompt."""
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM
+
+        from training.modeling import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(str(model_dir))
+        ensure_pad_token(self.tokenizer)
+        self.model = load_model(AutoModelForCausalLM, str(model_dir)).to(device).eval()
+        self.device = device
+        self._seed_lock = threading.Lock()
+
+    def generate(self, prompts: list[str], **params: Any) -> list[dict[str, Any]]:
+        return [self._one(prompt, **params) for prompt in prompts]
+
+    def _one(
+        self,
+        prompt: str,
+        *,
+        max_new_tokens: int = 64,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 50,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        streamer: Any = None,
+    ) -> dict[str, Any]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        enc = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
+            "repetition_penalty": repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if stop:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOn(self.tokenizer, prompt_len, stop)])
+        with self._seed_lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)  # per request: the text does not depend on other requests
+            out = self.model.generate(**enc, **kwargs)
+        new = out[0, prompt_len:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        finish = "length"
+        cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        elif len(new) and int(new[-1]) == self.tokenizer.eos_token_id and len(new) < max_new_tokens:
+            finish = "eos"
+        return {"text": text, "finish_reason": finish, "tokens": len(new)}
+
+    def stream(self, prompt: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Yields {"text": chunk} as tokens are decoded, then {"done": {text, finish_reason, tokens}}.
+
+        Chunks never include a stop sequence: text that could still turn into one is held back.
+        """
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        result: dict[str, Any] = {}
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.update(self._one(prompt, streamer=streamer, **params))
+            except BaseException as exc:  # handed to the consumer below, which re-raises it
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="generate-stream", daemon=True)
+        thread.start()
+        stops = params.get("stop") or []
+        hold = max((len(s) for s in stops), default=1) - 1
+        text, sent = "", 0
+        for chunk in streamer:
+            text += chunk
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            safe = cut if cut >= 0 else max(sent, len(text) - hold)
+            if safe > sent:
+                yield {"text": text[sent:safe]}
+                sent = safe
+            if cut >= 0:
+                break
+        thread.join()
+        if failure:
+            raise failure[0]
+        if len(result["text"]) > sent:
+            yield {"text": result["text"][sent:]}
+        yield {"done": result}

@@ -1,0 +1,215 @@
+"""Summarization: sequence-to-sequence fine-tuning (T5, BART, Pegasus, …) evaluated with ROUGE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.errors import ValidationFailed
+from training.spec import CommonParams, SummarizationParams
+from training.tasks.base import EventFn, Prepared, Task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+T5_PREFIX = "summarize: "
+# Generation in the predictor runs in slices of this many texts: memory stays bounded for large requests.
+PREDICT_BATCH = 16
+
+
+def resolve_prefix(params: SummarizationParams, model_type: str | None, model_source: str) -> str:
+    """The input prefix: the user's, else the one a registered base model was trained with, else T5's default."""
+    if params.prefix is not None:
+        return params.prefix
+    if Path(model_source).is_dir():
+        from training.params_file import read_training_params
+
+        # Continuing from a registered model: keep the prefix it learned with, or its outputs shift.
+        previous = read_training_params(Path(model_source)).get("serving", {}).get("prefix")
+        if isinstance(previous, str):
+            return previous
+    return T5_PREFIX if model_type == "t5" else ""
+
+
+def ensure_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """`generate` needs pad, eos and a decoder start token; configs built by hand often lack some."""
+    config = model.config
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    if config.eos_token_id is None:
+        config.eos_token_id = tokenizer.eos_token_id
+    if config.decoder_start_token_id is None:
+        # T5 starts decoding from its pad token; BART-likes declare their own start token in the config.
+        bos = getattr(config, "bos_token_id", None)
+        config.decoder_start_token_id = config.pad_token_id if config.model_type == "t5" or bos is None else bos
+    gen = model.generation_config
+    for key in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+        if getattr(gen, key, None) is None:
+            setattr(gen, key, getattr(config, key))
+    # Sampling settings in a base model's generation config would make evaluation non-deterministic.
+    gen.do_sample = False
+
+
+class SummarizationTask(Task):
+    name = "summarization"
+    main_metric = "rougeLsum"
+
+    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        if not rows:
+            raise ValidationFailed(f"{what}: no rows; summarization needs document/summary pairs")
+        for index, row in enumerate(rows, start=1):
+            for field in ("document", "summary"):
+                value = row.get(field)
+                if not isinstance(value, str):
+                    kind = "missing" if value is None else f"not a string ({type(value).__name__})"
+                    raise ValidationFailed(f"{what} row {index}: field '{field}' is {kind}")
+                if not value.strip():
+                    raise ValidationFailed(f"{what} row {index}: field '{field}' is empty")
+
+    def training_args_extra(self, params: CommonParams) -> dict[str, Any]:
+        assert isinstance(params, SummarizationParams)
+        return {
+            "predict_with_generate": True,
+            # `max_length` counts the decoder start token, so +1 lets a prediction be as long as a target.
+            "generation_max_length": params.max_target_length + 1,
+            "generation_num_beams": params.eval_num_beams,
+        }
+
+    def build_args(self, **kwargs: Any) -> Seq2SeqTrainingArguments:
+        from transformers import Seq2SeqTrainingArguments
+
+        return Seq2SeqTrainingArguments(**kwargs)
+
+    def make_trainer(self, **kwargs: Any) -> Seq2SeqTrainer:
+        import copy
+
+        from transformers import Seq2SeqTrainer
+
+        # Evaluating with `generate` fills the model's generation config with every default (max_length 20,
+        # top_k 50, …); saved like that, each served request warns that max_length and max_new_tokens clash.
+        clean = copy.deepcopy(kwargs["model"].generation_config)
+
+        class _Trainer(Seq2SeqTrainer):
+            def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+                used = self.model.generation_config
+                self.model.generation_config = clean
+                try:
+                    super()._save(output_dir, state_dict=state_dict)
+                finally:
+                    self.model.generation_config = used
+
+        return _Trainer(**kwargs)
+
+    def prepare(
+        self,
+        *,
+        model_source: str,
+        tokenizer: PreTrainedTokenizerBase,
+        params: CommonParams,
+        train_rows: list[dict[str, Any]],
+        eval_rows: list[dict[str, Any]],
+        on_event: EventFn,
+    ) -> Prepared:
+        import datasets
+        from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
+
+        from training.modeling import effective_max_length, load_model
+        from training.text_metrics import rouge
+
+        assert isinstance(params, SummarizationParams)
+        model = load_model(AutoModelForSeq2SeqLM, model_source)
+        ensure_generation_ids(model, tokenizer)
+        prefix = resolve_prefix(params, model.config.model_type, model_source)
+        max_length = effective_max_length(tokenizer, params.max_length)
+        max_target_length = effective_max_length(tokenizer, params.max_target_length)
+        pad_id = tokenizer.pad_token_id
+
+        def encode(batch: dict[str, list[str]]) -> dict[str, Any]:
+            enc = tokenizer([prefix + d for d in batch["document"]], truncation=True, max_length=max_length)
+            targets = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_length)
+            enc["labels"] = targets["input_ids"]
+            return enc
+
+        def to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+            ds = datasets.Dataset.from_dict(
+                {"document": [r["document"] for r in rows], "summary": [r["summary"] for r in rows]}
+            )
+            return ds.map(encode, batched=True, remove_columns=["document", "summary"])
+
+        references = [r["summary"].strip() for r in eval_rows]
+
+        def compute_metrics(pred: Any) -> dict[str, float]:
+            tokens = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+            # Batches are concatenated with -100 padding, which is no token id: decode it as padding.
+            tokens = np.where(tokens < 0, pad_id, tokens)
+            predictions = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+            # The eval set is not shuffled, so the untruncated reference texts line up with the predictions.
+            refs = references if len(references) == len(predictions) else [
+                t.strip() for t in tokenizer.batch_decode(np.where(pred.label_ids < 0, pad_id, pred.label_ids),
+                                                          skip_special_tokens=True)
+            ]
+            return rouge(predictions, refs)
+
+        if prefix:
+            on_event("log", f"inputs are prefixed with {prefix!r}", {"prefix": prefix})
+        return Prepared(
+            model=model,
+            train=to_dataset(train_rows),
+            eval=to_dataset(eval_rows),
+            collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+            compute_metrics=compute_metrics,
+            serving_params={"prefix": prefix, "max_length": max_length, "max_target_length": max_target_length},
+        )
+
+
+class SummarizationPredictor:
+    """A list of documents in, a list of summaries out; deterministic (greedy or beam search)."""
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
+        from transformers import AutoModelForSeq2SeqLM
+
+        from training.modeling import load_model, load_tokenizer
+        from training.params_file import read_training_params
+
+        self.tokenizer = load_tokenizer(str(model_dir))
+        # Encoder inputs padded on the right keep every real token's position: batched equals unbatched.
+        self.tokenizer.padding_side = "right"
+        self.model = load_model(AutoModelForSeq2SeqLM, str(model_dir)).to(device).eval()
+        self.device = device
+        serving = read_training_params(model_dir).get("serving", {})
+        self.prefix = str(serving.get("prefix") or "")
+        self.max_length = int(serving.get("max_length", 512))
+
+    def summarize(
+        self,
+        texts: list[str],
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[str]:
+        import torch
+
+        out: list[str] = []
+        for start in range(0, len(texts), PREDICT_BATCH):
+            chunk = [self.prefix + t for t in texts[start:start + PREDICT_BATCH]]
+            enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors="pt")
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    **{k: v.to(self.device) for k, v in enc.items()},
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens,
+                    num_beams=num_beams,
+                    length_penalty=length_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
+                    do_sample=False,
+                )
+            out += [s.strip() for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return out
