@@ -1,0 +1,119 @@
+"""Start `ftserve api` and `ftserve worker` as real processes and talk to them over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, *, data_dir: Path, env: dict[str, str], workers: int = 1) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FTSERVE_", "HF_"))},
+            "FTSERVE_DATA_DIR": str(data_dir),
+            "FTSERVE_HEARTBEAT_SECONDS": "2",
+            "FTSERVE_PROGRESS_INTERVAL_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.workers = workers
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.client = httpx.Client(base_url=self.base_url, timeout=60)
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+        )
+
+    def start_worker(self, name: str = "worker") -> None:
+        self._spawn(name, "worker", "--concurrency", "1")
+
+    def __enter__(self) -> Stack:
+        self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+        for i in range(self.workers):
+            self.start_worker("worker" if i == 0 else f"worker{i}")
+        deadline = time.monotonic() + 90
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited early:\n{self.logs(name)}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"API not ready in time:\n{self.logs('api')}")
+            time.sleep(0.3)
+        return self
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        for name in list(self.procs):
+            self.stop(name)
+
+    def logs(self, name: str) -> str:
+        path = self.data_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def alive(self, name: str = "worker") -> bool:
+        return self.procs[name].poll() is None
+
+    # -- API helpers ------------------------------------------------------------------------------------
+    def upload(self, path: Path | None = None, *, content: bytes | None = None, filename: str | None = None,
+               **kw: Any) -> httpx.Response:
+        data = content if content is not None else path.read_bytes()  # type: ignore[union-attr]
+        return self.client.post("/datasets", files={"file": (filename or path.name, data)}, **kw)  # type: ignore[union-attr]
+
+    def wait_job(self, job_id: str, *, timeout: float = 300, statuses: tuple[str, ...] = TERMINAL) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.client.get(f"/jobs/{job_id}").json()
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id} still {job['status']} after {timeout}s\n--- worker log:\n{self.logs('worker')}"
+                )
+            time.sleep(0.3)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.client.get(f"/jobs/{job_id}/events", params={"after": after, "limit": 1000}).json()
+            out += page["data"]
+            if not page["has_more"]:
+                return out
+            after = out[-1]["id"]
