@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,8 +11,11 @@ from typing import Any
 import anyio
 
 from core.settings import Settings
+from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from registry import versions
 from registry.db import session_scope
+
+log = logging.getLogger("ftserve.inference")
 
 
 def _load_predictor(task: str, path: str) -> Any:
@@ -67,13 +71,29 @@ class InferenceService:
         return await anyio.to_thread.run_sync(self.resolve, ref, task)
 
     async def stream(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Iterate a predictor's synchronous generator without blocking the event loop."""
+        """Iterate a predictor's synchronous generator without blocking the event loop.
+
+        When the consumer stops early (the client disconnected), the generator is closed, which stops its
+        generation at the next token; the predictor reports how far it got through `on_cancel`.
+        """
         predictor = await anyio.to_thread.run_sync(
             lambda: self.cache.get(resolved.ref, task=resolved.task, path=resolved.path))
-        iterator = getattr(predictor, method)(*args, **kwargs)
+
+        def on_cancel(tokens: int) -> None:
+            GENERATIONS_CANCELLED.labels(model=resolved.ref).inc()
+            GENERATION_TOKENS_CANCELLED.labels(model=resolved.ref).inc(tokens)
+            log.info("generation cancelled: the client went away after %d new tokens (max_new_tokens %s, model %s)",
+                     tokens, kwargs.get("max_new_tokens"), resolved.ref)
+
+        iterator = getattr(predictor, method)(*args, on_cancel=on_cancel, **kwargs)
         done = object()
-        while (item := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
-            yield item
+        try:
+            while (item := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
+                yield item
+        finally:
+            # Closing joins the generation thread: off the loop, and shielded so a cancelled request still does it.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(iterator.close)
 
     async def run(self, ref: str | None, task: str, method: str, *args: Any, **kwargs: Any) -> tuple[str, Any]:
         resolved = await anyio.to_thread.run_sync(self.resolve, ref, task)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,14 @@ def test_generation_end_to_end(pg_stack: Stack, shared_data: Path) -> None:
     a = pg_stack.client.post("/generate", json=sample).json()["generations"][0]["text"]
     b = pg_stack.client.post("/generate", json=sample).json()["generations"][0]["text"]
     assert a == b
+    # … also when other sampled requests run at the same time; and other seeds give other texts.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        seeds = [1234, 1, 2, 3, 1234, 4]
+        texts = list(pool.map(lambda seed: httpx.post(f"{pg_stack.base_url}/generate", timeout=60,
+                                                      json={**sample, "seed": seed}).json()["generations"][0]["text"],
+                              seeds))
+    assert texts[0] == texts[4] == a, texts
+    assert len({a, *texts[1:4], texts[5]}) == 5, texts
 
     # Streaming: token chunks, then `done` with the full text.
     r = pg_stack.client.post("/generate", json={**body, "inputs": None, "prompt": prompts[0], "stream": True})
@@ -97,3 +108,39 @@ def test_generation_request_errors(pg_stack: Stack) -> None:
     assert r.status_code in (404, 422)
     r = c.post("/generate", json={"model": "no-such-model", "prompt": "x", "stream": True})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+
+
+def test_client_leaving_a_stream_stops_its_generation(pg_stack: Stack, shared_data: Path) -> None:
+    corpus = (shared_data / "generation" / "train.txt").read_text(encoding="utf-8")[:6000]
+    ds = pg_stack.upload(content=corpus.encode(), filename="leave.txt").json()
+    r = pg_stack.client.post("/jobs", json={
+        "task": "generation", "base_model": TINY_GPT2, "dataset": {"id": ds["id"]}, "model_name": "leaver",
+        "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32},
+    })
+    job = pg_stack.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+
+    def cancelled_count() -> float:
+        text = pg_stack.client.get("/metrics").text
+        match = re.search(r'^ftserve_generations_cancelled_total\{model="leaver:1"\} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    assert cancelled_count() == 0
+    wanted = 240  # the tiny model's context is 256 positions
+    body = {"model": "leaver", "prompt": "ROMEO:", "max_new_tokens": wanted, "min_new_tokens": wanted, "stream": True}
+    with httpx.Client(base_url=pg_stack.base_url, timeout=60) as client, \
+            client.stream("POST", "/generate", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event: token"):
+                break  # leave after the first token: closing the client drops the connection
+    deadline = time.monotonic() + 30
+    while cancelled_count() < 1:
+        assert time.monotonic() < deadline, pg_stack.logs("api")[-3000:]
+        time.sleep(0.1)
+    logged = re.findall(r"generation cancelled: the client went away after (\d+) new tokens .*leaver:1",
+                        pg_stack.logs("api"))
+    assert len(logged) == 1 and int(logged[0]) < wanted, logged
+    # The server goes on: the same model still answers in full.
+    out = pg_stack.client.post("/generate", json={**body, "stream": False, "max_new_tokens": 8, "min_new_tokens": 8})
+    assert out.status_code == 200 and out.json()["generations"][0]["tokens"] == 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +105,18 @@ class _StopOn:
         return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
 
 
+class _StopWhenSet:
+    """Stops `generate` at the next token once the event is set (the streaming client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class GenerationPredictor:
     """Prompts in, {"text", "finish_reason", "tokens"} out. `text` excludes the prompt."""
 
@@ -136,6 +148,7 @@ class GenerationPredictor:
         seed: int | None = None,
         stop: list[str] | None = None,
         streamer: Any = None,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
         import torch
         from transformers import StoppingCriteriaList
@@ -150,8 +163,13 @@ class GenerationPredictor:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         if streamer is not None:
             kwargs["streamer"] = streamer
+        criteria = StoppingCriteriaList()
         if stop:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOn(self.tokenizer, prompt_len, stop)])
+            criteria.append(_StopOn(self.tokenizer, prompt_len, stop))
+        if cancel is not None:
+            criteria.append(_StopWhenSet(cancel))
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         with self._seed_lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)  # per request: the text does not depend on other requests
@@ -162,24 +180,30 @@ class GenerationPredictor:
         cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
+        elif cancel is not None and cancel.is_set():
+            finish = "cancelled"
         elif len(new) and int(new[-1]) == self.tokenizer.eos_token_id and len(new) < max_new_tokens:
             finish = "eos"
         return {"text": text, "finish_reason": finish, "tokens": len(new)}
 
-    def stream(self, prompt: str, **params: Any) -> Iterator[dict[str, Any]]:
+    def stream(self, prompt: str, *, on_cancel: Callable[[int], None] | None = None, **params: Any
+               ) -> Iterator[dict[str, Any]]:
         """Yields {"text": chunk} as tokens are decoded, then {"done": {text, finish_reason, tokens}}.
 
-        Chunks never include a stop sequence: text that could still turn into one is held back.
+        Chunks never include a stop sequence: text that could still turn into one is held back. Closing the
+        iterator early (the client went away) stops the generation at the next token and calls `on_cancel` with
+        the number of new tokens produced.
         """
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         result: dict[str, Any] = {}
         failure: list[BaseException] = []
+        cancel = threading.Event()
 
         def work() -> None:
             try:
-                result.update(self._one(prompt, streamer=streamer, **params))
+                result.update(self._one(prompt, streamer=streamer, cancel=cancel, **params))
             except BaseException as exc:  # handed to the consumer below, which re-raises it
                 failure.append(exc)
                 streamer.end()
@@ -188,17 +212,24 @@ class GenerationPredictor:
         thread.start()
         stops = params.get("stop") or []
         hold = max((len(s) for s in stops), default=1) - 1
-        text, sent = "", 0
-        for chunk in streamer:
-            text += chunk
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
-            safe = cut if cut >= 0 else max(sent, len(text) - hold)
-            if safe > sent:
-                yield {"text": text[sent:safe]}
-                sent = safe
-            if cut >= 0:
-                break
-        thread.join()
+        text, sent, finished = "", 0, False
+        try:
+            for chunk in streamer:
+                text += chunk
+                cut = min((text.find(s) for s in stops if s in text), default=-1)
+                safe = cut if cut >= 0 else max(sent, len(text) - hold)
+                if safe > sent:
+                    yield {"text": text[sent:safe]}
+                    sent = safe
+                if cut >= 0:
+                    break
+            finished = True
+        finally:
+            if not finished:
+                cancel.set()
+            thread.join()
+            if not finished and not failure and on_cancel is not None:
+                on_cancel(int(result.get("tokens", 0)))
         if failure:
             raise failure[0]
         if len(result["text"]) > sent:
