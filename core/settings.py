@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     requeue_after_seconds: float = 120.0
     progress_interval_seconds: float = 2.0
+    reconcile_seconds: float = Field(default=15.0, gt=0, description="How often a worker's reconciler runs.")
+    checkpoint_seconds: float = Field(
+        default=0.0, ge=0, description="Also checkpoint when this long has passed since the last save; 0 = off."
+    )
+    failpoints: str = Field(
+        default="", description="Fault injection for tests: 'point=action@model_name,…'; empty = inert."
+    )
 
     hub_timeout_seconds: float = 10.0
     hf_offline: bool = Field(default=False, description="Never contact the Hugging Face hub.")

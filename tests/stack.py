@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 class Stack:
@@ -82,6 +104,16 @@ class Stack:
         self.client.close()
         for name in list(self.procs):
             self.stop(name)
+
+    def kill_tree(self, name: str) -> list[int]:
+        """SIGKILL a process and every descendant at once, as a lost machine would; returns the pids."""
+        proc = self.procs.pop(name)
+        pids = [*descendants(proc.pid), proc.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # exited on its own meanwhile
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        return pids
 
     def logs(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

@@ -75,7 +75,10 @@ def load_split(spec: JobSpec, data: TrainingData) -> tuple[list[dict[str, Any]],
 class _Hooks:
     """TrainerCallback pieces: progress, metric events, cancel at step boundaries, final eval."""
 
-    def __init__(self, *, on_progress: ProgressFn, on_event: EventFn, should_stop: StopFn) -> None:
+    def __init__(self, *, on_progress: ProgressFn, on_event: EventFn, should_stop: StopFn,
+                 checkpoint_seconds: float = 0.0) -> None:
+        self.checkpoint_seconds = checkpoint_seconds
+        self.last_save = time.monotonic()
         self.on_progress = on_progress
         self.on_event = on_event
         self.should_stop = should_stop
@@ -106,6 +109,8 @@ class _Hooks:
                      "epoch": round(float(state.epoch or 0.0), 4),
                      "eta_seconds": None if eta is None else round(eta, 1)}
                 )
+                if hooks.checkpoint_seconds and time.monotonic() - hooks.last_save >= hooks.checkpoint_seconds:
+                    control.should_save = True  # a time-based checkpoint between the step-based ones
                 if state.global_step >= state.max_steps:
                     # Evaluate and save at the very end too, so the last steps can win "best".
                     control.should_evaluate = True
@@ -116,6 +121,9 @@ class _Hooks:
                     control.should_save = False
                     control.should_evaluate = False
                 return control
+
+            def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                hooks.last_save = time.monotonic()
 
             def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                        **kw: Any) -> None:
@@ -163,6 +171,7 @@ def run(
     resume_from: Path | None = None,
     device: str | None = None,
     on_data: Callable[[dict[str, int]], None] | None = None,
+    checkpoint_seconds: float = 0.0,
 ) -> RunResult:
     """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`."""
     import torch
@@ -225,7 +234,8 @@ def run(
         save_only_model=False,
         **task.training_args_extra(params),
     )
-    hooks = _Hooks(on_progress=on_progress, on_event=on_event, should_stop=should_stop)
+    hooks = _Hooks(on_progress=on_progress, on_event=on_event, should_stop=should_stop,
+                   checkpoint_seconds=checkpoint_seconds)
     trainer = task.make_trainer(
         model=prepared.model,
         args=args,

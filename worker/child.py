@@ -7,6 +7,7 @@ supervises it: heartbeat, cancel escalation, maximum duration, and the outcome o
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sys
@@ -26,6 +27,7 @@ from registry.db import session_scope
 from registry.models import Dataset, ModelVersion
 from registry.store import ArtifactStore
 from training.spec import JobSpec
+from worker import failpoints
 
 log = logging.getLogger("ftserve.child")
 
@@ -162,11 +164,12 @@ def run_attempt(job_id: str, worker_id: str, settings: Settings) -> None:
         if staging.exists():
             shutil.rmtree(staging)
         data = _sources(spec, store)
+        failpoints.hit(settings.failpoints, "before_train", model_name=spec.model_name)
         result = run(
             spec, data=data, model_source=_model_source(resolved, store), base_model_resolved=resolved,
             out_dir=staging, checkpoints_dir=checkpoints, on_progress=callbacks.on_progress,
             on_event=callbacks.on_event, should_stop=callbacks.should_stop, resume_from=resume_from,
-            on_data=callbacks.on_data,
+            on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
         )
         version = _register(job_id, spec, result, store, staging)
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
@@ -192,7 +195,21 @@ def run_attempt(job_id: str, worker_id: str, settings: Settings) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel SIGKILL this process when its worker dies, so a lost worker never leaves a
+    training run behind to race the re-queued attempt (the supervisor lives in another process group)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the worker died before the line above took effect
+        raise SystemExit(f"worker {parent_pid} is gone; not starting")
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent(int(argv[2]))
     setup_logging()
     settings = configure_environment(get_settings())
     job_id, worker_id = argv[0], argv[1]

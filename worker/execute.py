@@ -79,7 +79,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
     term_sent_at: float | None = None
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.child", job_id, worker_id],
+            [sys.executable, "-m", "worker.child", job_id, worker_id, str(os.getpid())],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
         )
         try:

@@ -31,8 +31,9 @@ def reconcile_once(settings: Settings) -> dict[str, int] | None:
             conn.commit()
 
 
-def start_reconciler(settings: Settings, *, every: float = 15.0) -> threading.Thread:
+def start_reconciler(settings: Settings, *, every: float | None = None) -> threading.Thread:
     stop = threading.Event()
+    every = every or settings.reconcile_seconds
 
     def loop() -> None:
         while True:
