@@ -282,3 +282,110 @@ def _pings(client: Any) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_fifty_submissions_mixing_bad_specs_and_good_ones(pg_stack: Stack, train_csv: bytes) -> None:
+    """Seeded and reproducible: every bad spec is rejected or fails naming what is wrong; good ones succeed."""
+    import random
+
+    ds = pg_stack.upload(content=train_csv, filename="train.csv").json()["id"]
+    good = {"task": "classification", "base_model": TINY_BERT, "dataset": {"id": ds},
+            "hyperparameters": {"max_steps": 2, "batch_size": 8}}
+    hp = good["hyperparameters"]
+    # (name, body, expected status, text the message must contain)
+    bad_kinds: list[tuple[str, dict[str, Any], int, str]] = [
+        ("unknown task", {**good, "task": "translation"}, 422, "translation"),
+        ("unknown hyperparameter", {**good, "hyperparameters": {**hp, "learning_rte": 1e-3}}, 422, "learning_rte"),
+        ("negative learning rate", {**good, "hyperparameters": {**hp, "learning_rate": -1}}, 422, "learning_rate"),
+        ("string batch size", {**good, "hyperparameters": {**hp, "batch_size": "big"}}, 422, "batch_size"),
+        ("zero max_steps", {**good, "hyperparameters": {**hp, "max_steps": 0}}, 422, "max_steps"),
+        ("missing column", {**good, "columns": {"text": "body"}}, 422, "body"),
+        ("unknown column field", {**good, "columns": {"sentence": "text"}}, 422, "sentence"),
+        ("unknown dataset", {**good, "dataset": {"id": "ds_missing0"}}, 404, "ds_missing0"),
+        ("no dataset", {k: v for k, v in good.items() if k != "dataset"}, 422, "dataset"),
+        ("bad base model", {**good, "base_model": "not a model!"}, 422, "base_model"),
+        ("escaping model name", {**good, "model_name": "../../etc"}, 422, "model_name"),
+        ("unknown field", {**good, "epochs": 3}, 422, "epochs"),
+        ("unloadable base model", {**good, "base_model": "nobody-org/nothing"}, 201, "nobody-org/nothing"),
+        ("unknown hub dataset", {**good, "dataset": {"hub": "nobody-org/no-data"}}, 201, "nobody-org/no-data"),
+    ]
+    rng = random.Random(50)
+    plan: list[tuple[str, dict[str, Any], int, str]] = [("good", good, 201, "")] * 4
+    plan += [rng.choice(bad_kinds) for _ in range(46)]
+    rng.shuffle(plan)
+    assert {name for name, *_ in plan} >= {name for name, *_ in bad_kinds}, "every kind at least once"
+
+    to_finish: list[tuple[str, str, str]] = []
+    for i, (name, body, status, needle) in enumerate(plan):
+        body = {**body, "model_name": body.get("model_name", f"fuzz-{i}")}
+        r = pg_stack.client.post("/jobs", json=body)
+        assert r.status_code == status, (name, r.text)
+        if status == 201:
+            to_finish.append((name, r.json()["id"], needle))
+        else:
+            error = r.json()["error"]
+            assert needle in error["message"] or any(needle in json.dumps(d) for d in error["details"]), (name, error)
+    for name, job_id, needle in to_finish:
+        job = pg_stack.wait_job(job_id)
+        if name == "good":
+            assert job["status"] == "succeeded", job["error"]
+        else:
+            assert job["status"] == "failed" and job["error"]["type"] == "user", (name, job["error"])
+            assert needle in job["error"]["message"], (name, job["error"])
+    assert pg_stack.alive("worker")
+    assert pg_stack.client.get("/healthz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def faulty_stack(tmp_path_factory: pytest.TempPathFactory, hf_home: Path, redis_url: str) -> Iterator[Stack]:
+    """Jobs named `slowpoke` hang before their first step; jobs named `crasher` SIGKILL their worker."""
+    with fresh_pg_database() as url, Stack(
+        data_dir=tmp_path_factory.mktemp("faulty"),
+        env={**LIFECYCLE_ENV, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_DATABASE_URL": url,
+             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"faulty_{free_port()}",
+             "FTSERVE_MAX_JOB_SECONDS": "8", "FTSERVE_MAX_ATTEMPTS": "2",
+             "FTSERVE_FAILPOINTS": "before_train=hang@slowpoke,before_train=kill_worker@crasher"},
+    ) as s:
+        yield s
+
+
+def _seconds(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def test_a_hung_run_is_stopped_at_the_maximum_duration(faulty_stack: Stack, train_csv: bytes) -> None:
+    ds = faulty_stack.upload(content=train_csv, filename="train.csv").json()["id"]
+    hung = submit(faulty_stack, ds, "slowpoke", max_steps=3)
+    after = submit(faulty_stack, ds, "patient", max_steps=3)
+    job = faulty_stack.wait_job(hung, timeout=120)
+    assert job["status"] == "failed" and job["error"]["type"] == "user", job
+    assert "maximum duration of 8s" in job["error"]["message"]
+    assert 8 <= _seconds(job["started_at"], job["finished_at"]) < 40
+    assert job["progress"] is None or not job["progress"].get("step")  # it never reached a step
+    job = faulty_stack.wait_job(after, timeout=120)
+    assert job["status"] == "succeeded", job["error"]  # the same worker took the next job
+    assert faulty_stack.alive("worker")
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(faulty_stack: Stack,
+                                                                         train_csv: bytes) -> None:
+    ds = faulty_stack.upload(content=train_csv, filename="train.csv").json()["id"]
+    job_id = submit(faulty_stack, ds, "crasher", max_steps=3)
+    deaths = 0
+    deadline = time.monotonic() + 240
+    while (job := faulty_stack.client.get(f"/jobs/{job_id}").json())["status"] not in TERMINAL:
+        if not faulty_stack.alive("worker"):
+            deaths += 1
+            faulty_stack.procs.pop("worker").wait()
+            faulty_stack.start_worker()  # the operator's supervisor brings a worker back
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert deaths == 2
+    assert job["status"] == "failed" and job["error"]["type"] == "system", job
+    assert "lost 2 times" in job["error"]["message"] and "maximum attempts: 2" in job["error"]["message"]
+    assert job["model"] is None
+    # The replacement worker runs the next job.
+    job = faulty_stack.wait_job(submit(faulty_stack, ds, "after-crashes", max_steps=3), timeout=120)
+    assert job["status"] == "succeeded", job["error"]
