@@ -21,6 +21,7 @@ ERROR_TABLE: dict[type[e.FtserveError], tuple[int, str]] = {
     e.RateLimited: (429, "rate_limited"),
     e.NotReady: (503, "not_ready"),
     e.DeadlineExceeded: (504, "timeout"),
+    e.ClientLeft: (499, "client_closed_request"),
 }
 _BY_STATUS = {401: "unauthorized", 404: "not_found", 405: "validation_error", 409: "conflict",
               413: "payload_too_large", 422: "validation_error", 429: "rate_limited", 503: "not_ready",
@@ -31,13 +32,15 @@ def error_body(type_: str, message: str, details: list[Any] | None = None) -> di
     return {"error": {"type": type_, "message": message, "details": details or []}}
 
 
-def error_response(exc: e.FtserveError) -> JSONResponse:
+def status_of(exc: BaseException) -> tuple[int, str]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            status, type_ = ERROR_TABLE[cls]
-            break
-    else:
-        status, type_ = 500, "internal"
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return 500, "internal"
+
+
+def error_response(exc: e.FtserveError) -> JSONResponse:
+    status, type_ = status_of(exc)
     headers = {}
     if isinstance(exc, e.RateLimited):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))

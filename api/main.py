@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors
@@ -10,10 +15,27 @@ from api.routes import datasets, jobs, models, predict, service
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
 
+log = logging.getLogger("ftserve.api")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # In the background: the API answers (health, jobs, datasets) while torch loads.
+    service: InferenceService = app.state.inference
+
+    def warm() -> None:
+        try:
+            service.warm_up()
+        except Exception:
+            log.exception("warm-up failed; models will load on their first request")
+
+    threading.Thread(target=warm, name="warm-up", daemon=True).start()
+    yield
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = configure_environment(settings or get_settings())
-    app = FastAPI(title="ftserve", version="0.1.0",
+    app = FastAPI(title="ftserve", version="0.1.0", lifespan=_lifespan,
                   description="Fine-tune Hugging Face models over REST and serve them at once.")
     app.state.settings = settings
     app.state.inference = InferenceService(settings)

@@ -48,6 +48,10 @@ class DeadlineExceeded(FtserveError):
     """A request past its deadline (504)."""
 
 
+class ClientLeft(FtserveError):
+    """The client closed the connection before its request was computed (499, never read by anyone)."""
+
+
 class UserError(FtserveError):
     """A training job failed because of its data or parameters: the user can fix it."""
 

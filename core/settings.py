@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     )
 
     model_cache_size: int = 4
-    max_batch_size: int = 32
+    max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill up.")
+    max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")
+    warm_models: str = Field(default="", description="Model refs to load at start, comma-separated.")
+    request_timeout_seconds: float = Field(default=30.0, gt=0, description="Predict deadline; then 504.")
     max_inputs_per_request: int = 256
     max_input_chars: int = 100_000
     max_new_tokens_cap: int = 512

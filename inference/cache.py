@@ -9,6 +9,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from inference import metrics
+
 log = logging.getLogger("ftserve.inference")
 
 
@@ -35,6 +37,7 @@ class ModelCache:
             t0 = time.perf_counter()
             predictor = self._loader(task, path)
             self.load_seconds[key] = time.perf_counter() - t0
+            metrics.MODEL_LOAD_SECONDS.labels(model=key).observe(self.load_seconds[key])
             log.info("loaded %s in %.2fs", key, self.load_seconds[key])
             with self._lock:
                 self._items[key] = predictor
@@ -42,6 +45,7 @@ class ModelCache:
                 while len(self._items) > self.capacity:
                     evicted, _ = self._items.popitem(last=False)
                     log.info("evicted %s", evicted)
+                metrics.LOADED_MODELS.set(len(self._items))
             return predictor
 
     def loaded(self) -> list[str]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from core.settings import Settings
+from inference.batcher import Batcher
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from registry import versions
 from registry.db import session_scope
@@ -50,10 +52,26 @@ class InferenceService:
         # One forward at a time per model: two cores gain nothing from interleaving, and it bounds memory.
         self._run_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._batchers: dict[tuple[str, str, str], Batcher] = {}
         if settings.torch_threads:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+
+    def warm_up(self) -> None:
+        """Import the ML stack and load `settings.warm_models`, so first requests do not pay for either."""
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
+            resolved = self._resolve_any(ref)
+            self.cache.get(resolved.ref, task=resolved.task, path=resolved.path)
+            log.info("warmed up %s", resolved.ref)
+
+    def _resolve_any(self, ref: str) -> Resolved:
+        with session_scope() as s:
+            mv = versions.resolve(s, ref)
+            return Resolved(mv.name, mv.version, mv.task, mv.path)
 
     def resolve(self, ref: str | None, task: str) -> Resolved:
         with session_scope() as s:
@@ -95,7 +113,26 @@ class InferenceService:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(iterator.close)
 
-    async def run(self, ref: str | None, task: str, method: str, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    def _batcher(self, resolved: Resolved, method: str, params: dict[str, Any]) -> Batcher:
+        """One batcher per model version, method and parameters: only requests that can share a call do."""
+        key = (resolved.ref, method, json.dumps(params, sort_keys=True, default=str))
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = Batcher(
+                lambda items: self._call(resolved, method, items, **params), model=resolved.ref,
+                max_batch_size=self.settings.max_batch_size, max_wait=self.settings.max_batch_wait_ms / 1000,
+                max_queue=self.settings.max_queue_items,
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    async def run(self, ref: str | None, task: str, method: str, items: list[Any], *,
+                  is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
+                  **params: Any) -> tuple[str, list[Any]]:
+        """Resolve `ref` now (an alias moved later does not affect this request) and run `items` through the
+        model's batcher; returns (the version's ref, one result per item)."""
         resolved = await anyio.to_thread.run_sync(self.resolve, ref, task)
-        result = await anyio.to_thread.run_sync(lambda: self._call(resolved, method, *args, **kwargs))
-        return resolved.ref, result
+        batcher = self._batcher(resolved, method, params)
+        results = await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
+                                       is_disconnected=is_disconnected)
+        return resolved.ref, results

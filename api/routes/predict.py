@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import InferenceDep, SettingsDep
-from api.errors import error_body
+from api.errors import error_body, status_of
 from api.schemas import AnswerRequest, ClassifyRequest, GenerateRequest, SummarizeRequest
 from core.errors import FtserveError, ValidationFailed
+from inference import metrics
+from inference.service import InferenceService
 
 router = APIRouter(tags=["predict"])
 
@@ -30,16 +33,52 @@ def _cap(name: str, value: int, cap: int) -> None:
         raise ValidationFailed(f"{name} is {value}; the limit is {cap}")
 
 
+def _timeout(request: Request, default: float) -> float:
+    """`X-Request-Timeout: <seconds>` shortens the deadline for one request; it never extends the setting's."""
+    raw = request.headers.get("x-request-timeout")
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValidationFailed(f"X-Request-Timeout must be a positive number of seconds, not {raw!r}")
+    return min(value, default)
+
+
+async def _run(endpoint: str, request: Request, service: InferenceService, ref: str | None, task: str,
+               method: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
+    """Run through the model's batcher and record the request in /metrics."""
+    t0 = time.perf_counter()
+    model, status = ref or "-", 200
+    try:
+        model, results = await service.run(ref, task, method, items, is_disconnected=request.is_disconnected,
+                                           timeout=_timeout(request, service.settings.request_timeout_seconds),
+                                           **params)
+        return model, results
+    except BaseException as exc:
+        status = status_of(exc)[0] if isinstance(exc, Exception) else 499
+        raise
+    finally:
+        metrics.REQUESTS.labels(endpoint=endpoint, model=model, status=str(status)).inc()
+        metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
+
+
 @router.post("/classify")
-async def classify(body: ClassifyRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep
+                   ) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
-    ref, predictions = await service.run(body.model, "classification", "predict", texts, top_k=body.top_k)
-    return {"model": ref, "predictions": predictions}
+    # Every label ranked in the batch, cut to this request's top_k here: requests with any top_k share batches.
+    ref, ranked = await _run("/classify", request, service, body.model, "classification", "predict", texts,
+                             top_k=None)
+    return {"model": ref, "predictions": [r[: body.top_k] if body.top_k else r for r in ranked]}
 
 
 @router.post("/answer")
-async def answer(body: AnswerRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+async def answer(body: AnswerRequest, request: Request, service: InferenceDep, settings: SettingsDep
+                 ) -> dict[str, Any]:
     try:
         items = body.items()
     except ValueError as exc:
@@ -47,20 +86,22 @@ async def answer(body: AnswerRequest, service: InferenceDep, settings: SettingsD
     _check_sizes([i.context + i.question for i in items], max_items=settings.max_inputs_per_request,
                  max_chars=settings.max_input_chars)
     pairs = [(i.question, i.context) for i in items]
-    ref, answers = await service.run(body.model, "question-answering", "answer", pairs)
+    ref, answers = await _run("/answer", request, service, body.model, "question-answering", "answer", pairs)
     return {"model": ref, "answers": answers}
 
 
 @router.post("/summarize")
-async def summarize(body: SummarizeRequest, service: InferenceDep, settings: SettingsDep) -> dict[str, Any]:
+async def summarize(body: SummarizeRequest, request: Request, service: InferenceDep, settings: SettingsDep
+                    ) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
     _cap("max_new_tokens", body.max_new_tokens, settings.max_new_tokens_cap)
     _cap("num_beams", body.num_beams, settings.max_num_beams_cap)
     if body.min_new_tokens > body.max_new_tokens:
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
-    ref, summaries = await service.run(
-        body.model, "summarization", "summarize", texts, max_new_tokens=body.max_new_tokens,
+    ref, summaries = await _run(
+        "/summarize", request, service, body.model, "summarization", "summarize", texts,
+        max_new_tokens=body.max_new_tokens,
         min_new_tokens=body.min_new_tokens, num_beams=body.num_beams, length_penalty=body.length_penalty,
         no_repeat_ngram_size=body.no_repeat_ngram_size,
     )
@@ -68,7 +109,7 @@ async def summarize(body: SummarizeRequest, service: InferenceDep, settings: Set
 
 
 @router.post("/generate", response_model=None)
-async def generate(body: GenerateRequest, service: InferenceDep, settings: SettingsDep) -> Any:
+async def generate(body: GenerateRequest, request: Request, service: InferenceDep, settings: SettingsDep) -> Any:
     try:
         prompts = body.prompts()
     except ValueError as exc:
@@ -79,7 +120,8 @@ async def generate(body: GenerateRequest, service: InferenceDep, settings: Setti
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     params = body.generation_params()
     if not body.stream:
-        ref, generations = await service.run(body.model, "generation", "generate", prompts, **params)
+        ref, generations = await _run("/generate", request, service, body.model, "generation", "generate", prompts,
+                                      **params)
         return {"model": ref, "generations": generations}
 
     # Resolve before the stream starts, so an unknown model is still a plain 404.

@@ -100,9 +100,9 @@ class _StopOn:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
-        hit = any(stop in text for stop in self.stops)
-        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(stop in text for stop in self.stops) for text in texts], dtype=torch.bool,
+                            device=input_ids.device)
 
 
 class _StopWhenSet:
@@ -132,7 +132,67 @@ class GenerationPredictor:
         self._seed_lock = threading.Lock()
 
     def generate(self, prompts: list[str], **params: Any) -> list[dict[str, Any]]:
-        return [self._one(prompt, **params) for prompt in prompts]
+        """Prompts of the same token length share one `generate` call: no padding, so each text is the one an
+        unbatched call gives. Seeded sampling runs prompt by prompt, so a seed's text never depends on what
+        else is in the batch."""
+        if params.get("do_sample") and params.get("seed") is not None:
+            return [self._one(prompt, **params) for prompt in prompts]
+        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        groups: dict[int, list[int]] = {}
+        for index, row in enumerate(ids):
+            groups.setdefault(len(row), []).append(index)
+        out: list[dict[str, Any]] = [{}] * len(prompts)
+        for indices in groups.values():
+            for index, result in zip(indices, self._same_length([ids[i] for i in indices], **params), strict=True):
+                out[index] = result
+        return out
+
+    def _kwargs(self, *, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float,
+                top_p: float, top_k: int, repetition_penalty: float) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
+            "repetition_penalty": repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        return kwargs
+
+    def _finish(self, new: list[int], *, max_new_tokens: int, stop: list[str] | None) -> dict[str, Any]:
+        """Text, finish reason and token count of one row's new tokens, as an unbatched call reports them."""
+        eos = self.tokenizer.eos_token_id
+        if eos in new:  # in a batch, a finished row is padded (with EOS for GPT-2): cut after its first EOS
+            new = new[: new.index(eos) + 1]
+        if stop:  # a row stopped by a stop sequence ends at the token that completed it
+            for end in range(1, len(new) + 1):
+                if any(s in self.tokenizer.decode(new[:end], skip_special_tokens=True) for s in stop):
+                    new = new[:end]
+                    break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        finish = "length"
+        cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        elif new and new[-1] == eos and len(new) < max_new_tokens:
+            finish = "eos"
+        return {"text": text, "finish_reason": finish, "tokens": len(new)}
+
+    def _same_length(self, rows: list[list[int]], *, max_new_tokens: int = 64, min_new_tokens: int = 0,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 50,
+                     repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None
+                     ) -> list[dict[str, Any]]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        input_ids = torch.tensor(rows, device=self.device)
+        width = input_ids.shape[1]
+        kwargs = self._kwargs(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty)
+        if stop:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOn(self.tokenizer, width, stop)])
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        return [self._finish(row.tolist(), max_new_tokens=max_new_tokens, stop=stop) for row in out[:, width:]]
 
     def _one(
         self,
@@ -155,12 +215,9 @@ class GenerationPredictor:
 
         enc = self.tokenizer(prompt, return_tensors="pt").to(self.device)
         prompt_len = enc["input_ids"].shape[1]
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
-            "repetition_penalty": repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        kwargs = self._kwargs(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty)
         if streamer is not None:
             kwargs["streamer"] = streamer
         criteria = StoppingCriteriaList()
@@ -174,17 +231,10 @@ class GenerationPredictor:
             if seed is not None:
                 torch.manual_seed(seed)  # per request: the text does not depend on other requests
             out = self.model.generate(**enc, **kwargs)
-        new = out[0, prompt_len:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        finish = "length"
-        cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-        elif cancel is not None and cancel.is_set():
-            finish = "cancelled"
-        elif len(new) and int(new[-1]) == self.tokenizer.eos_token_id and len(new) < max_new_tokens:
-            finish = "eos"
-        return {"text": text, "finish_reason": finish, "tokens": len(new)}
+        result = self._finish(out[0, prompt_len:].tolist(), max_new_tokens=max_new_tokens, stop=stop)
+        if cancel is not None and cancel.is_set() and result["finish_reason"] == "length":
+            result["finish_reason"] = "cancelled"
+        return result
 
     def stream(self, prompt: str, *, on_cancel: Callable[[int], None] | None = None, **params: Any
                ) -> Iterator[dict[str, Any]]:

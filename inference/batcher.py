@@ -1,0 +1,157 @@
+"""Dynamic batching: requests for one model queue up and share forward passes.
+
+Each request is a list of items and a future. One loop per batcher takes requests in arrival order
+until the batch holds `max_batch_size` items or `max_wait` has passed since the first one, drops those
+whose deadline passed or whose client left (no compute for them), and runs the batch function in a
+thread, off the event loop. While a batch runs, new requests queue up, so batches grow with load. A
+failed batch fails only its own requests; a full queue is a 429 and a request past its deadline a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from core.errors import ClientLeft, DeadlineExceeded, RateLimited
+from inference import metrics
+
+log = logging.getLogger("ftserve.inference")
+
+BatchFn = Callable[[list[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Request:
+    items: list[Any]
+    future: asyncio.Future[list[Any]]
+    deadline: float
+    is_disconnected: Callable[[], Awaitable[bool]] | None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int) -> None:
+        self.fn = fn
+        self.model = model
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self._queue: deque[_Request] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy_seconds = 0.05  # running estimate of one batch's compute time, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        return self._queued_items
+
+    async def submit(self, items: list[Any], *, timeout: float,
+                     is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
+        if self._queued_items + len(items) > self.max_queue:
+            metrics.REJECTED.labels(model=self.model, reason="queue_full").inc()
+            batches_ahead = max(1, self._queued_items // self.max_batch_size)
+            raise RateLimited(
+                f"model {self.model} has {self._queued_items} inputs queued (limit {self.max_queue}); retry later",
+                retry_after=max(1.0, batches_ahead * self._busy_seconds),
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(items, loop.create_future(), time.monotonic() + timeout, is_disconnected)
+        self._queue.append(request)
+        self._queued_items += len(items)
+        metrics.QUEUE_DEPTH.labels(model=self.model).set(self._queued_items)
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name=f"batcher-{self.model}")
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+        except TimeoutError:
+            # Still queued: it is dropped before compute. Already running: its result is discarded.
+            request.future.cancel()
+            raise DeadlineExceeded(
+                f"no result from model {self.model} within {timeout:g}s; the server is busy, retry later"
+            ) from None
+
+    def _take(self) -> list[_Request]:
+        """Requests in arrival order up to max_batch_size items (a larger request runs alone)."""
+        batch: list[_Request] = []
+        size = 0
+        while self._queue:
+            nxt = self._queue[0]
+            if batch and size + len(nxt.items) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_items -= len(nxt.items)
+            batch.append(nxt)
+            size += len(nxt.items)
+        metrics.QUEUE_DEPTH.labels(model=self.model).set(self._queued_items)
+        return batch
+
+    async def _live(self, batch: list[_Request]) -> list[_Request]:
+        live = []
+        now = time.monotonic()
+        for request in batch:
+            if request.future.done():  # timed out while queued
+                metrics.DROPPED.labels(model=self.model, reason="deadline").inc()
+            elif request.deadline <= now:
+                metrics.DROPPED.labels(model=self.model, reason="deadline").inc()
+                request.future.cancel()  # its waiter is timing out right now
+            elif request.is_disconnected is not None and await request.is_disconnected():
+                metrics.DROPPED.labels(model=self.model, reason="client_left").inc()
+                request.future.set_exception(ClientLeft("the client closed the connection before its batch ran"))
+            else:
+                live.append(request)
+        return live
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), 60)
+                except TimeoutError:
+                    return  # idle: the next submit starts a new loop
+                continue
+            first = self._queue[0].enqueued
+            while self._queued_items < self.max_batch_size:
+                remaining = first + self.max_wait - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = await self._live(self._take())
+            if not batch:
+                continue
+            items = [item for request in batch for item in request.items]
+            metrics.BATCH_SIZE.labels(model=self.model).observe(len(items))
+            t0 = time.perf_counter()
+            try:
+                results = await anyio.to_thread.run_sync(self.fn, items)
+                if len(results) != len(items):
+                    raise RuntimeError(f"batch returned {len(results)} results for {len(items)} inputs")
+            except Exception as exc:
+                log.exception("batch of %d inputs for %s failed", len(items), self.model)
+                metrics.BATCH_FAILURES.labels(model=self.model).inc()
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            finally:
+                elapsed = time.perf_counter() - t0
+                self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
+            start = 0
+            for request in batch:
+                end = start + len(request.items)
+                if not request.future.done():
+                    request.future.set_result(list(results[start:end]))
+                start = end

@@ -1,0 +1,220 @@
+"""Serving engine with real processes: dynamic batching, backpressure, model cache budget, aliases, deadlines."""
+
+from __future__ import annotations
+
+import csv
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import fresh_pg_database
+from tests.e2e.test_classification import csv_slice
+from tests.stack import Stack, free_port
+from tests.tiny_gpt2 import TINY_GPT2
+from tests.tinymodels import TINY_BERT
+
+SERVING_ENV = {
+    "FTSERVE_MAX_BATCH_SIZE": "16",
+    "FTSERVE_MAX_BATCH_WAIT_MS": "10",
+    "FTSERVE_MAX_QUEUE_ITEMS": "48",
+    "FTSERVE_MODEL_CACHE_SIZE": "2",
+    "FTSERVE_REQUEST_TIMEOUT_SECONDS": "30",
+}
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory, hf_home: Path, redis_url: str, shared_data: Path
+            ) -> Iterator[Stack]:
+    """A stack with three classification models and one generation model, each version 1."""
+    with fresh_pg_database() as url, Stack(
+        data_dir=tmp_path_factory.mktemp("serving"),
+        env={**SERVING_ENV, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_DATABASE_URL": url,
+             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"serving_{free_port()}"},
+    ) as stack:
+        ds = stack.upload(content=csv_slice(shared_data / "classification" / "train.csv", 200),
+                          filename="train.csv").json()["id"]
+        corpus = (shared_data / "generation" / "train.txt").read_text(encoding="utf-8")[:6000]
+        text_ds = stack.upload(content=corpus.encode(), filename="corpus.txt").json()["id"]
+        jobs = [train(stack, ds, name) for name in ("alpha", "beta", "gamma")]
+        jobs.append(stack.client.post("/jobs", json={
+            "task": "generation", "base_model": TINY_GPT2, "dataset": {"id": text_ds}, "model_name": "talker",
+            "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32},
+        }).json()["id"])
+        for job_id in jobs:
+            job = stack.wait_job(job_id)
+            assert job["status"] == "succeeded", job["error"]
+        r = stack.client.post("/generate", json={"model": "talker", "prompt": "x", "max_new_tokens": 1})
+        assert r.status_code == 200, r.text  # the first request pays for loading torch
+        stack.dataset_id = ds  # type: ignore[attr-defined]
+        yield stack
+
+
+def train(stack: Stack, dataset_id: str, name: str) -> str:
+    r = stack.client.post("/jobs", json={
+        "task": "classification", "base_model": TINY_BERT, "dataset": {"id": dataset_id}, "model_name": name,
+        "hyperparameters": {"max_steps": 2, "batch_size": 8},
+    })
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when absent)."""
+    text = stack.client.get("/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return 0.0
+
+
+def validation_texts(shared_data: Path, n: int) -> list[str]:
+    with (shared_data / "classification" / "validation.csv").open(encoding="utf-8") as f:
+        return [row["text"] for _, row in zip(range(n), csv.DictReader(f), strict=False)]
+
+
+def unbatched_reference(model_dir: Path, texts: list[str]) -> list[tuple[str, float]]:
+    """Plain transformers, one unbatched forward per text (the model loaded once)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            probs = torch.softmax(model(**tok(text, return_tensors="pt", truncation=True)).logits[0], dim=-1)
+            idx = int(torch.argmax(probs))
+            out.append((str(model.config.id2label[idx]), float(probs[idx])))
+    return out
+
+
+def post_many(stack: Stack, path: str, bodies: list[dict[str, Any]], *, timeout: float = 60
+              ) -> list[httpx.Response]:
+    with httpx.Client(base_url=stack.base_url, timeout=timeout,
+                      limits=httpx.Limits(max_connections=len(bodies))) as client, \
+            ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(lambda body: client.post(path, json=body), bodies))
+
+
+def test_concurrent_requests_share_batches_and_equal_unbatched_references(serving: Stack, shared_data: Path
+                                                                          ) -> None:
+    texts = validation_texts(shared_data, 48)
+    count0 = metric(serving, "ftserve_batch_size_count", model="alpha:1")
+    sum0 = metric(serving, "ftserve_batch_size_sum", model="alpha:1")
+    responses = post_many(serving, "/classify", [{"model": "alpha:1", "inputs": [t]} for t in texts])
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    batches = metric(serving, "ftserve_batch_size_count", model="alpha:1") - count0
+    inputs = metric(serving, "ftserve_batch_size_sum", model="alpha:1") - sum0
+    assert inputs == 48 and batches < 48, (inputs, batches)  # some forward passes served several requests
+    reference = unbatched_reference(serving.data_dir / "models" / "alpha" / "1", texts)
+    for response, (label, score) in zip(responses, reference, strict=True):
+        (best,) = response.json()["predictions"][0]
+        assert best["label"] == label and abs(best["score"] - score) < 1e-4, (best, label, score)
+
+
+def test_overload_is_429_with_retry_after_and_the_server_recovers(serving: Stack, shared_data: Path) -> None:
+    texts = validation_texts(shared_data, 8)
+    rejected0 = metric(serving, "ftserve_requests_rejected_total", model="beta:1", reason="queue_full")
+    responses = post_many(serving, "/classify", [{"model": "beta:1", "inputs": texts}] * 40)
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 429} and codes.count(429) >= 1, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "rate_limited"
+    assert metric(serving, "ftserve_requests_rejected_total", model="beta:1", reason="queue_full") - rejected0 \
+        == codes.count(429)
+    r = serving.client.post("/classify", json={"model": "beta:1", "inputs": texts})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 8
+
+
+def test_cache_budget_evicts_the_least_recently_used_model_and_reloads_it(serving: Stack) -> None:
+    def use(ref: str) -> None:
+        r = serving.client.post("/classify", json={"model": ref, "inputs": ["some text"]})
+        assert r.status_code == 200 and r.json()["model"] == ref, r.text
+
+    for ref in ("alpha:1", "beta:1", "gamma:1"):
+        use(ref)
+    assert metric(serving, "ftserve_loaded_models") == 2  # the budget
+    loads = {ref: metric(serving, "ftserve_model_load_seconds_count", model=ref) for ref in ("alpha:1", "gamma:1")}
+    use("gamma:1")  # still loaded: no load
+    use("alpha:1")  # evicted (least recently used): loaded again on demand
+    assert metric(serving, "ftserve_model_load_seconds_count", model="gamma:1") == loads["gamma:1"]
+    assert metric(serving, "ftserve_model_load_seconds_count", model="alpha:1") == loads["alpha:1"] + 1
+
+
+def test_new_version_serves_at_once_and_an_alias_moves_under_load(serving: Stack) -> None:
+    job = serving.wait_job(train(serving, serving.dataset_id, "alpha"))  # type: ignore[attr-defined]
+    assert job["status"] == "succeeded" and job["model"]["version"] == 2, job
+    r = serving.client.post("/classify", json={"model": "alpha:2", "inputs": ["x"]})
+    assert r.status_code == 200 and r.json()["model"] == "alpha:2"  # no restart
+
+    assert serving.client.put("/models/alpha/aliases/production", json={"version": 1}).status_code == 200
+    results: list[tuple[float, int, str]] = []
+    moved_at: list[float] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=serving.base_url, timeout=30) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = client.post("/classify", json={"model": "alpha", "inputs": ["steady traffic"]})
+                results.append((sent, r.status_code, r.json().get("model", "")))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)  # traffic on version 1 before the move
+        r = serving.client.put("/models/alpha/aliases/production", json={"version": 2})
+        moved_at.append(time.monotonic())
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while sum(1 for sent, *_ in results if sent > moved_at[0]) < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert all(code == 200 for _, code, _ in results), [c for _, c, _ in results if c != 200]
+    before = {model for sent, _, model in results if sent < moved_at[0] - 0.5}
+    after = {model for sent, _, model in results if sent > moved_at[0]}
+    assert before == {"alpha:1"} and after == {"alpha:2"}, (before, after)
+
+
+def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_goes_on(serving: Stack) -> None:
+    # Seeded sampling runs prompt by prompt: 16 × 200 tokens keep the model busy for seconds.
+    long_body = {"model": "talker", "inputs": ["ROMEO:"] * 16, "max_new_tokens": 200, "min_new_tokens": 200,
+                 "do_sample": True, "seed": 7}
+    short_body = {"model": "talker", "prompt": "JULIET:", "max_new_tokens": 4, "min_new_tokens": 4}
+    dropped0 = metric(serving, "ftserve_requests_dropped_total", model="talker:1", reason="client_left")
+    timeouts0 = metric(serving, "ftserve_requests_total", endpoint="/generate", model="talker", status="504")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        long = pool.submit(serving.client.post, "/generate", json=long_body)
+        time.sleep(0.3)
+        waiting = pool.submit(serving.client.post, "/generate", json=short_body,
+                              headers={"X-Request-Timeout": "1"})
+        time.sleep(0.3)
+        # A client that gives up while its request is still queued behind the busy model.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{serving.base_url}/generate", json=short_body, timeout=0.5)
+        r = waiting.result()
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
+        assert long.result().status_code == 200
+    assert metric(serving, "ftserve_requests_total", endpoint="/generate", model="talker", status="504") \
+        == timeouts0 + 1
+    deadline = time.monotonic() + 120
+    while metric(serving, "ftserve_requests_dropped_total", model="talker:1", reason="client_left") <= dropped0:
+        assert time.monotonic() < deadline, serving.logs("api")[-3000:]
+        time.sleep(0.2)
+    r = serving.client.post("/generate", json=short_body)
+    assert r.status_code == 200 and r.json()["generations"][0]["tokens"] == 4, r.text
