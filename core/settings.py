@@ -46,7 +46,8 @@ class Settings(BaseSettings):
         default=True, description="At start, check the hub is reachable; if not, use the local cache only."
     )
 
-    model_cache_size: int = 4
+    model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
+    model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     max_batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill up.")
     max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")

@@ -48,7 +48,8 @@ class InferenceService:
         from inference.cache import ModelCache
 
         self.settings = settings
-        self.cache = ModelCache(capacity=settings.model_cache_size, loader=_load_predictor)
+        self.cache = ModelCache(capacity=settings.model_cache_size, loader=_load_predictor,
+                                max_bytes=settings.model_cache_mb * 1024 * 1024)
         # One forward at a time per model: two cores gain nothing from interleaving, and it bounds memory.
         self._run_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -79,10 +80,10 @@ class InferenceService:
             return Resolved(mv.name, mv.version, mv.task, mv.path)
 
     def _call(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> Any:
-        predictor = self.cache.get(resolved.ref, task=resolved.task, path=resolved.path)
         with self._guard:
             lock = self._run_locks.setdefault(resolved.ref, threading.Lock())
-        with lock:
+        with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path,
+                            timeout=self.settings.request_timeout_seconds) as predictor, lock:
             return getattr(predictor, method)(*args, **kwargs)
 
     async def resolve_async(self, ref: str | None, task: str) -> Resolved:
@@ -94,8 +95,8 @@ class InferenceService:
         When the consumer stops early (the client disconnected), the generator is closed, which stops its
         generation at the next token; the predictor reports how far it got through `on_cancel`.
         """
-        predictor = await anyio.to_thread.run_sync(
-            lambda: self.cache.get(resolved.ref, task=resolved.task, path=resolved.path))
+        predictor = await anyio.to_thread.run_sync(lambda: self.cache.acquire(
+            resolved.ref, task=resolved.task, path=resolved.path, timeout=self.settings.request_timeout_seconds))
 
         def on_cancel(tokens: int) -> None:
             GENERATIONS_CANCELLED.labels(model=resolved.ref).inc()
@@ -103,15 +104,18 @@ class InferenceService:
             log.info("generation cancelled: the client went away after %d new tokens (max_new_tokens %s, model %s)",
                      tokens, kwargs.get("max_new_tokens"), resolved.ref)
 
-        iterator = getattr(predictor, method)(*args, on_cancel=on_cancel, **kwargs)
+        iterator = None
         done = object()
         try:
+            iterator = getattr(predictor, method)(*args, on_cancel=on_cancel, **kwargs)
             while (item := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
                 yield item
         finally:
             # Closing joins the generation thread: off the loop, and shielded so a cancelled request still does it.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(iterator.close)
+                if iterator is not None:
+                    await anyio.to_thread.run_sync(iterator.close)
+                self.cache.release(resolved.ref)
 
     def _batcher(self, resolved: Resolved, method: str, params: dict[str, Any]) -> Batcher:
         """One batcher per model version, method and parameters: only requests that can share a call do."""

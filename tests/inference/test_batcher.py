@@ -1,0 +1,124 @@
+"""Batcher: requests share batches, results go back in order, failures stay in their batch, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from core.errors import ClientLeft, DeadlineExceeded, RateLimited
+from inference.batcher import Batcher
+
+
+class Model:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[list[Any]] = []
+        self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, items: list[Any]) -> Sequence[Any]:
+        self.gate.wait(10)
+        self.batches.append(list(items))
+        if "boom" in items:
+            raise RuntimeError("forward failed")
+        return [f"out:{x}" for x in items]
+
+
+def batcher(model: Model, **kw: Any) -> Batcher:
+    opts = {"model": "m:1", "max_batch_size": 8, "max_wait": 0.02, "max_queue": 100, **kw}
+    return Batcher(model, **opts)
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_results() -> None:
+    async def main() -> None:
+        model = Model()
+        b = batcher(model)
+        results = await asyncio.gather(*(b.submit([f"x{i}", f"y{i}"], timeout=5) for i in range(4)))
+        assert results == [[f"out:x{i}", f"out:y{i}"] for i in range(4)]
+        assert len(model.batches) == 1 and len(model.batches[0]) == 8
+
+    asyncio.run(main())
+
+
+def test_batches_never_exceed_the_maximum_size() -> None:
+    async def main() -> None:
+        model = Model()
+        b = batcher(model, max_batch_size=4)
+        await asyncio.gather(*(b.submit([i], timeout=5) for i in range(10)))
+        assert [len(x) for x in model.batches] == [4, 4, 2]
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_fails_only_its_own_requests() -> None:
+    async def main() -> None:
+        model = Model()
+        b = batcher(model, max_batch_size=2)
+        results = await asyncio.gather(b.submit(["boom"], timeout=5), b.submit(["ok1"], timeout=5),
+                                       b.submit(["ok2"], timeout=5), return_exceptions=True)
+        assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError)  # same batch
+        assert results[2] == ["out:ok2"]  # next batch: fine
+        assert await b.submit(["later"], timeout=5) == ["out:later"]  # the batcher goes on
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_is_rate_limited_with_a_retry_after() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()  # the model is busy
+        b = batcher(model, max_batch_size=2, max_queue=4)
+        first = asyncio.ensure_future(b.submit([1, 2], timeout=5))
+        await asyncio.sleep(0.1)  # taken into a batch, blocked in the model
+        queued = asyncio.ensure_future(b.submit([3, 4, 5, 6], timeout=5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(RateLimited) as info:
+            await b.submit([7], timeout=5)
+        assert info.value.retry_after >= 1
+        model.gate.set()
+        assert await first == ["out:1", "out:2"] and await queued == ["out:3", "out:4", "out:5", "out:6"]
+
+    asyncio.run(main())
+
+
+def test_past_its_deadline_a_queued_request_times_out_and_is_never_computed() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()
+        b = batcher(model, max_batch_size=1)
+        busy = asyncio.ensure_future(b.submit(["busy"], timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(["late"], timeout=0.1)
+        model.gate.set()
+        assert await busy == ["out:busy"]
+        await asyncio.sleep(0.1)
+        assert ["late"] not in model.batches
+
+    asyncio.run(main())
+
+
+def test_a_request_whose_client_left_is_dropped_before_compute() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()
+        b = batcher(model, max_batch_size=1)
+        busy = asyncio.ensure_future(b.submit(["busy"], timeout=5))
+        await asyncio.sleep(0.05)
+
+        async def gone() -> bool:
+            return True
+
+        left = asyncio.ensure_future(b.submit(["left"], timeout=5, is_disconnected=gone))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        assert await busy == ["out:busy"]
+        with pytest.raises(ClientLeft):
+            await left
+        assert ["left"] not in model.batches
+
+    asyncio.run(main())
