@@ -37,8 +37,11 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int) -> None:
+    def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int,
+                 on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0) -> None:
         self.fn = fn
+        self.on_idle = on_idle
+        self.idle_seconds = idle_seconds
         self.model = model
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max_wait
@@ -115,9 +118,12 @@ class Batcher:
             if not self._queue:
                 self._wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), 60)
+                    await asyncio.wait_for(self._wakeup.wait(), self.idle_seconds)
                 except TimeoutError:
-                    return  # idle: the next submit starts a new loop
+                    if not self._queue:
+                        if self.on_idle is not None:
+                            self.on_idle()  # e.g. forget this batcher: one per seed would pile up otherwise
+                        return  # the next submit starts a new loop
                 continue
             first = self._queue[0].enqueued
             while self._queued_items < self.max_batch_size:

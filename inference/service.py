@@ -125,7 +125,7 @@ class InferenceService:
             batcher = Batcher(
                 lambda items: self._call(resolved, method, items, **params), model=resolved.ref,
                 max_batch_size=self.settings.max_batch_size, max_wait=self.settings.max_batch_wait_ms / 1000,
-                max_queue=self.settings.max_queue_items,
+                max_queue=self.settings.max_queue_items, on_idle=lambda: self._batchers.pop(key, None),
             )
             self._batchers[key] = batcher
         return batcher

@@ -122,3 +122,16 @@ def test_a_request_whose_client_left_is_dropped_before_compute() -> None:
         assert ["left"] not in model.batches
 
     asyncio.run(main())
+
+
+def test_an_idle_batcher_reports_it_and_a_later_request_still_runs() -> None:
+    async def main() -> None:
+        idle: list[bool] = []
+        b = Batcher(Model(), model="m:1", max_batch_size=4, max_wait=0.0, max_queue=10,
+                    on_idle=lambda: idle.append(True), idle_seconds=0.05)
+        assert await b.submit([1], timeout=5) == ["out:1"]
+        await asyncio.sleep(0.2)
+        assert idle == [True]
+        assert await b.submit([2], timeout=5) == ["out:2"]
+
+    asyncio.run(main())
