@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 
 import anyio
@@ -34,6 +35,7 @@ from training.tasks import implemented
 from worker.dispatch import send_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+IDEMPOTENCY_TTL = timedelta(hours=24)
 log = logging.getLogger("ftserve.api")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$")
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
@@ -92,6 +94,10 @@ def _create(session: Session, store: ArtifactStore, owner: str, body: dict[str, 
     if idempotency_key is not None:
         first = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key)
                                 ).first()
+        if first is not None and jobrepo.as_utc(first.created_at) < jobrepo.utcnow() - IDEMPOTENCY_TTL:
+            first.idempotency_key = None  # keys are kept 24 h; after that the key starts a new job
+            session.flush()
+            first = None
         if first is not None:
             if first.request_hash != request_hash:
                 raise Conflict("Idempotency-Key was already used with a different request body")

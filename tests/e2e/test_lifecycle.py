@@ -198,6 +198,17 @@ def test_idempotency_key_returns_the_first_job(pg_stack: Stack, train_csv: bytes
     assert pg_stack.wait_job(first.json()["id"])["status"] == "succeeded"
     assert len(pg_stack.client.get("/models/idem").json()["versions"]) == 1
 
+    # Keys are kept 24 h: a day later the same key starts a new job.
+    import psycopg
+
+    url = pg_stack.env["FTSERVE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET created_at = created_at - interval '25 hours' WHERE id = %s",
+                     (first.json()["id"],))
+    later = pg_stack.client.post("/jobs", json=body, headers=key)
+    assert later.status_code == 201 and later.json()["id"] != first.json()["id"], later.text
+    assert pg_stack.wait_job(later.json()["id"])["status"] == "succeeded"
+
 
 def test_queue_position_counts_down_and_eta_is_set_while_running(pg_stack: Stack, train_csv: bytes) -> None:
     ds = pg_stack.upload(content=train_csv, filename="train.csv").json()["id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,16 @@ class _StopWhenSet:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+# Sampling draws from torch's process-wide generator: a seeded generation holds this lock from its
+# `manual_seed` to its last token, and every other sampled generation (any model, any thread) waits, so
+# nothing else draws from the generator in between and a seed's text depends on nothing else.
+_SAMPLING_LOCK = threading.Lock()
+
+
+def _sampling(do_sample: bool) -> AbstractContextManager[Any]:
+    return _SAMPLING_LOCK if do_sample else nullcontext()
+
+
 class GenerationPredictor:
     """Prompts in, {"text", "finish_reason", "tokens"} out. `text` excludes the prompt."""
 
@@ -129,7 +140,6 @@ class GenerationPredictor:
         ensure_pad_token(self.tokenizer)
         self.model = load_model(AutoModelForCausalLM, str(model_dir)).to(device).eval()
         self.device = device
-        self._seed_lock = threading.Lock()
 
     def generate(self, prompts: list[str], **params: Any) -> list[dict[str, Any]]:
         """Prompts of the same token length share one `generate` call: no padding, so each text is the one an
@@ -190,7 +200,7 @@ class GenerationPredictor:
                               repetition_penalty=repetition_penalty)
         if stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOn(self.tokenizer, width, stop)])
-        with torch.inference_mode():
+        with _sampling(do_sample), torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         return [self._finish(row.tolist(), max_new_tokens=max_new_tokens, stop=stop) for row in out[:, width:]]
 
@@ -227,7 +237,7 @@ class GenerationPredictor:
             criteria.append(_StopWhenSet(cancel))
         if criteria:
             kwargs["stopping_criteria"] = criteria
-        with self._seed_lock, torch.inference_mode():
+        with _sampling(do_sample), torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)  # per request: the text does not depend on other requests
             out = self.model.generate(**enc, **kwargs)
