@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
     model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
+    quantize_int8: bool = Field(
+        default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     max_batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill up.")
     max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ from registry.db import session_scope
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str) -> Any:
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False) -> Any:
     from pathlib import Path
 
     import torch
@@ -28,7 +29,16 @@ def _load_predictor(task: str, path: str) -> Any:
     from training.tasks import get_predictor_class
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return get_predictor_class(task)(Path(path), device=device)
+    predictor = get_predictor_class(task)(Path(path), device=device)
+    if device == "cuda":
+        # Half precision on the GPU: bf16 where the card supports it (no overflow), fp16 otherwise.
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        predictor.model = predictor.model.to(dtype)
+        log.info("serving %s in %s", path, dtype)
+    elif quantize_int8:
+        predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
+        log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
+    return predictor
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,8 @@ class InferenceService:
         from inference.cache import ModelCache
 
         self.settings = settings
-        self.cache = ModelCache(capacity=settings.model_cache_size, loader=_load_predictor,
+        self.cache = ModelCache(capacity=settings.model_cache_size,
+                                loader=partial(_load_predictor, quantize_int8=settings.quantize_int8),
                                 max_bytes=settings.model_cache_mb * 1024 * 1024)
         # One forward at a time per model: two cores gain nothing from interleaving, and it bounds memory.
         self._run_locks: dict[str, threading.Lock] = {}
