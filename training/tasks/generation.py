@@ -50,7 +50,7 @@ class GenerationTask(Task):
         on_event: EventFn,
     ) -> Prepared:
         import datasets
-        from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
+        from transformers import AutoModelForCausalLM, default_data_collator
 
         from training.modeling import load_model
 
@@ -74,13 +74,17 @@ class GenerationTask(Task):
                     f"the {what} text has {len(ids)} tokens, fewer than one block of block_size {block}; "
                     "add text or lower block_size")
             blocks = [ids[i * block:(i + 1) * block] for i in range(n)]
-            return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block] * n})
+            # Every block is full, so nothing is padded and every token is a target, the EOS between texts
+            # included (a collator that masks pad tokens would drop it: GPT-2's pad token is its EOS, and a
+            # model that never sees EOS as a target never learns to end a text).
+            return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block] * n,
+                                               "labels": [list(b) for b in blocks]})
 
         return Prepared(
             model=model,
             train=pack(train_rows, "training"),
             eval=pack(eval_rows, "validation"),
-            collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+            collator=default_data_collator,
             compute_metrics=None,
             serving_params={"block_size": block},
         )
