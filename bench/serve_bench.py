@@ -9,7 +9,8 @@ In one run, on this machine:
    `tests/tiny_gpt2.py::build_tiny_gpt2`) beside it.
 2. Training. ftserve's API and worker start as real processes (`tests/stack.py::Stack`, ftserve's embedded
    defaults: SQLite and the filesystem broker). A classification job fine-tunes the MiniLM for
-   `--train-steps` steps on `../shared/data/classification/train.csv` (validation: `validation.csv`), and a
+   `--train-steps` steps (batch 16, `--learning-rate`; enough for ~79 % accuracy, so that the int8 accuracy
+   change means something) on `../shared/data/classification/train.csv` (validation: `validation.csv`), and a
    generation job with `max_steps: 1` registers the GPT-2. The worker is then stopped.
 3. /classify. `wrk` with a Lua script cycling through the texts of `validation.csv` (JSON bodies, one text per
    request) drives, at 1, 8, 32 and 64 connections (each point after an unmeasured warm-up):
@@ -19,7 +20,9 @@ In one run, on this machine:
               FastAPI endpoint running the model once per request, the model loaded once.
    The limit: a raw loop in this process over the same texts, in order, `max_batch_size` at a time, that
    tokenizes (truncation to the version's serving max_length, padding to the longest text of the batch) and
-   runs the forward pass — nothing else. All three use the same torch thread count (`--threads`).
+   runs the forward pass — nothing else — in a thread of its own, like both servers' forward passes. All three
+   use the same torch thread count (`--threads`). For information, the same loop one text at a time (no
+   padding: what the naive server computes per request).
 4. int8. The same ftserve points and raw loop with `FTSERVE_QUANTIZE_INT8=true` (a fresh API process); the
    accuracy on all of `validation.csv`, fp32 and int8, computed through the served endpoint (POST /classify,
    32 texts per request), and the raw loop's accuracy as a cross-check.
@@ -32,7 +35,7 @@ process and wrk, and by everything else on the machine are printed, so that cont
 Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing.
 
     apt-get install -y wrk
-    cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 40] [--strict]
+    cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 100] [--strict]
 
 Internal: `bench/serve_bench.py --serve-naive --port P --model-dir DIR --threads N --max-length L` runs the naive
 server alone.
@@ -490,7 +493,7 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
     # process whose only OpenMP team is the main thread's several times slower (see RESULTS.md).
     window = CpuWindow({})
     cpu0 = time.process_time()
-    worker = threading.Thread(target=timed_loop, name="raw-loop")
+    worker = threading.Thread(target=timed_loop, name="raw-loop", daemon=True)
     worker.start()
     worker.join()
     cpu = time.process_time() - cpu0
