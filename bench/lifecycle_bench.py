@@ -43,7 +43,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.measure import (
+    WrkStats,
+    load_average,
+    machine_cpu_seconds,
+    parse_wrk,
+    process_cpu_seconds,
+    run_wrk,
+    tree_cpu_seconds,
+)
+from tests.stack import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TRAIN_CSV = SHARED_DATA / "classification" / "train.csv"
@@ -64,7 +74,6 @@ CLAIM_TARGET_MS = 250.0
 RPS_RATIO_TARGET = 0.8
 TAIL_RATIO_TARGET = 1.5
 TERMINAL = ("succeeded", "failed", "cancelled")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Celery logs this line when a task returns: the worker is then back to waiting on the broker.
 TASK_DONE = re.compile(r"Task ftserve\.run_job\[[^\]]+\] succeeded in")
 
@@ -95,52 +104,6 @@ def serve_bare(port: int, db_url: str) -> None:
 
 
 # -- processes, CPU accounting -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime + the same of its waited-for children; 0 when the process is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / CLK_TCK
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, busy + idle) CPU seconds summed over all cores since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = values
-    busy = user + nice + system + irq + softirq + steal
-    return busy / CLK_TCK, (busy + idle + iowait) / CLK_TCK
-
-
-def tree_cpu_seconds(root: int) -> dict[int, float]:
-    return {pid: process_cpu_seconds(pid) for pid in [root, *descendants(root)]}
-
-
 @dataclass
 class CpuReport:
     wall: float
@@ -181,10 +144,6 @@ class CpuMeter:
         parts.append(f"{other_label} {other:.2f}")
         text = f"CPU over {wall:.0f} s, in cores: " + "; ".join(parts) + f"; load average {load_average()}"
         return CpuReport(wall=wall, cores=used, other=other, text=text)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 class Processes:
@@ -372,13 +331,7 @@ def run_job(client: Any, procs: Processes, body: dict[str, Any], *, done_before:
 
 # -- load ------------------------------------------------------------------------------------------------------
 @dataclass
-class WrkResult:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    non_2xx: int
-    socket_errors: str
+class WrkResult(WrkStats):
     server_cpu_ms: float = 0.0  # CPU time of the server process per request (less sensitive to contention)
     others_cores: float = 0.0  # cores used by processes outside the bench meanwhile
 
@@ -387,43 +340,14 @@ class WrkResult:
         return self.p99_ms / self.p50_ms
 
 
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def parse_wrk(output: str) -> WrkResult:
-    def latency(pct: str) -> float:
-        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
-        if m is None:
-            raise ValueError(f"no {pct}% line in wrk's output:\n{output}")
-        return float(m.group(1)) * UNIT_MS[m.group(2)]
-
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
-    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
-    if rps is None or total is None:
-        raise ValueError(f"no Requests/sec or request count in wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    errors = re.search(r"Socket errors:\s+(.*)$", output, re.MULTILINE)
-    return WrkResult(rps=float(rps.group(1)), p50_ms=latency("50"), p99_ms=latency("99"),
-                     requests=int(total.group(1)), non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-                     socket_errors=errors.group(1).strip() if errors else "none")
-
-
-def wrk(url: str, *, threads: int, connections: int, seconds: int) -> tuple[str, str]:
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
-    return " ".join(command), done.stdout
-
-
 def load_test(name: str, url: str, args: argparse.Namespace, server: int, postgres: int) -> tuple[WrkResult, str]:
     if args.wrk_warmup > 0:
-        wrk(url, threads=args.threads, connections=args.connections, seconds=args.wrk_warmup)
+        run_wrk(url, threads=args.threads, connections=args.connections, seconds=args.wrk_warmup)
     # wrk is a waited-for child of this process, so its CPU shows in this process's figure.
     meter = CpuMeter({f"{name} api": server, "PostgreSQL (all databases)": postgres}, self_label="wrk + bench")
-    command, output = wrk(url, threads=args.threads, connections=args.connections, seconds=args.duration)
+    command, output = run_wrk(url, threads=args.threads, connections=args.connections, seconds=args.duration)
     cpu = meter.report()
-    result = parse_wrk(output)
+    result = WrkResult(**vars(parse_wrk(output)))
     result.server_cpu_ms = cpu.cores[f"{name} api"] * cpu.wall * 1000 / result.requests
     result.others_cores = cpu.other
     print(f"\n$ {command}   # {name}\n{output.rstrip()}\n{cpu.text}", flush=True)

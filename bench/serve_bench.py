@@ -68,6 +68,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bench.measure import load_average, machine_cpu_seconds, parse_wrk, process_cpu_seconds, run_wrk, tree_cpu_seconds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TRAIN_CSV = SHARED_DATA / "classification" / "train.csv"
@@ -89,8 +91,6 @@ MIN_OVER_NAIVE = 2.0
 MIN_OVER_LIMIT = 0.8
 MAX_TAIL = 3.0
 MIN_GEN_SPEEDUP = 3.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
 # -- the naive server ------------------------------------------------------------------------------------------
@@ -130,31 +130,6 @@ def serve_naive(port: int, model_dir: Path, threads: int, max_length: int) -> No
 
 
 # -- CPU accounting ----------------------------------------------------------------------------------------------
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime + those of its waited-for children; 0 when the process is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def tree_cpu_seconds(root: int) -> dict[int, float]:
-    from tests.stack import descendants
-
-    return {pid: process_cpu_seconds(pid) for pid in [root, *descendants(root)]}
-
-
 @dataclass
 class CpuUse:
     wall: float
@@ -175,7 +150,7 @@ class CpuWindow:
     def __init__(self, trees: dict[str, int]) -> None:
         self.trees = trees
         self.t0 = time.monotonic()
-        self.machine0 = machine_busy_seconds()
+        self.machine0 = machine_cpu_seconds()[0]
         self.trees0 = {name: tree_cpu_seconds(pid) for name, pid in trees.items()}
         self.self0 = process_cpu_seconds(os.getpid())
 
@@ -188,7 +163,7 @@ class CpuWindow:
             seconds -= sum(v for p, v in before.items() if p not in after)
             cores[name] = seconds / wall
         cores["bench + wrk"] = (process_cpu_seconds(os.getpid()) - self.self0) / wall
-        machine = (machine_busy_seconds() - self.machine0) / wall
+        machine = (machine_cpu_seconds()[0] - self.machine0) / wall
         return CpuUse(wall, cores, machine, max(0.0, machine - sum(cores.values())))
 
 
@@ -334,31 +309,9 @@ class Point:
         return self.cpu.cores[self.server_label] * self.cpu.wall * 1000 / max(1, self.requests)
 
 
-def parse_wrk(output: str) -> tuple[float, float, float, int, int, str]:
-    def latency(pct: str) -> float:
-        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
-        if m is None:
-            raise ValueError(f"no {pct}% line in wrk's output:\n{output}")
-        return float(m.group(1)) * UNIT_MS[m.group(2)]
-
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
-    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
-    if rps is None or total is None:
-        raise ValueError(f"no Requests/sec or request count in wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    errors = re.search(r"Socket errors:\s+(.*)$", output, re.MULTILINE)
-    return (float(rps.group(1)), latency("50"), latency("99"), int(total.group(1)),
-            int(non_2xx.group(1)) if non_2xx else 0, errors.group(1).strip() if errors else "none")
-
-
 def wrk(url: str, script: Path, connections: int, seconds: int) -> tuple[str, str]:
-    threads = min(2, connections)
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "30s",
-               "-s", str(script), url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
-    return " ".join(command), done.stdout
+    return run_wrk(url, threads=min(2, connections), connections=connections, seconds=seconds,
+                   extra=("--timeout", "30s", "-s", str(script)))
 
 
 def batch_counts(client: Any, model_ref: str) -> tuple[float, float]:
@@ -407,7 +360,9 @@ def load_points(server: str, base: str, pid: int, script: Path, args: argparse.N
         window = CpuWindow({label: pid})
         command, output = wrk(f"{base}/classify", script, connections, args.duration)
         cpu = window.stop()
-        rps, p50, p99, requests, non_2xx, errors = parse_wrk(output)
+        stats = parse_wrk(output)
+        rps, p50, p99, requests, non_2xx, errors = (stats.rps, stats.p50_ms, stats.p99_ms, stats.requests,
+                                                    stats.non_2xx, stats.socket_errors)
         point = Point(server, connections, rps, p50, p99, requests, non_2xx, errors, cpu, label)
         if metrics_client is not None:
             after = batch_counts(metrics_client, model_ref)
