@@ -56,12 +56,14 @@ from typing import Any
 
 from bench.measure import (
     WrkStats,
+    cpu_model,
     load_average,
     machine_cpu_seconds,
     parse_wrk,
     process_cpu_seconds,
     run_wrk,
     tree_cpu_seconds,
+    verdict,
 )
 from tests.stack import free_port
 
@@ -357,17 +359,6 @@ def load_test(name: str, url: str, args: argparse.Namespace, server: int, postgr
 
 
 # -- report ----------------------------------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} | {max(values):.0f} | {min(values):.0f}"
 

@@ -68,7 +68,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bench.measure import load_average, machine_cpu_seconds, parse_wrk, process_cpu_seconds, run_wrk, tree_cpu_seconds
+from bench.measure import (
+    cpu_model,
+    load_average,
+    machine_cpu_seconds,
+    parse_wrk,
+    process_cpu_seconds,
+    run_wrk,
+    tree_cpu_seconds,
+    verdict,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -594,17 +603,6 @@ def prepare_models(hf_home: Path) -> int:
 
 
 # -- report -------------------------------------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def point_rows(points: list[Point]) -> str:
     out = []
     for p in points:
