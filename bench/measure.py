@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import re
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.stack import descendants
+
+
+def offline_workdir(prefix: str) -> tuple[Path, Path]:
+    """(a temp work dir removed on every exit path, an empty HF_HOME inside it), with the hub switched off.
+
+    Call before transformers or huggingface_hub are imported: both read HF_HOME and offline mode once, at import.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # --help, errors and Ctrl-C included
+    hf_home = work / "hf_home"
+    os.environ["HF_HOME"] = str(hf_home)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Progress bars of weight loading and dataset mapping would bury the figures.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    return work, hf_home
+
+
+def keep_workdir() -> None:
+    """Leave the work dir of `offline_workdir` in place at exit (for `--keep`)."""
+    atexit.unregister(shutil.rmtree)
+
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}

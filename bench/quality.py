@@ -36,22 +36,14 @@ as a cross-check. Prints a table and PASS/FAIL per target; exits 0 unless `--str
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-# The runner resolves the base model like a hub id; HF_HOME and offline mode must be set before transformers or
-# huggingface_hub are imported, because both read them once at import time (as in bench/train_bench.py).
-WORK_DIR = Path(tempfile.mkdtemp(prefix="ftserve-quality-"))
-HF_HOME = WORK_DIR / "hf_home"
-# Registered at once so that every exit path (--help, errors, Ctrl-C) removes the models and checkpoints.
-atexit.register(shutil.rmtree, WORK_DIR, ignore_errors=True)
-os.environ["HF_HOME"] = str(HF_HOME)
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+from bench.measure import keep_workdir, offline_workdir
+
+# The runner resolves the base model like a hub id, so HF_HOME and offline mode are set before anything imports
+# transformers or huggingface_hub.
+WORK_DIR, HF_HOME = offline_workdir("ftserve-quality-")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -599,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help=f"keep the work dir ({WORK_DIR})")
     args = parser.parse_args(argv)
     if args.keep:
-        atexit.unregister(shutil.rmtree)
+        keep_workdir()
     transformers.utils.logging.disable_progress_bar()
     print(
         f"Quality bench — python {platform.python_version()}, torch {torch.__version__}, transformers "

@@ -16,23 +16,14 @@ Only the training loop is timed (evaluation excluded). Prints examples/s for a, 
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-# The runner resolves the base model like a hub id; HF_HOME and offline mode must be set before transformers or
-# huggingface_hub are imported, because both read them once at import time.
-WORK_DIR = Path(tempfile.mkdtemp(prefix="ftserve-train-bench-"))
-HF_HOME = WORK_DIR / "hf_home"
-# Registered at once so that every exit path (--help, errors, Ctrl-C) removes the copied model and checkpoints.
-atexit.register(shutil.rmtree, WORK_DIR, ignore_errors=True)
-os.environ["HF_HOME"] = str(HF_HOME)
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# Progress bars of weight loading and dataset mapping would bury the figures; they are never inside a timed window.
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+from bench.measure import keep_workdir, offline_workdir
+
+# The runner resolves the base model like a hub id, so HF_HOME and offline mode are set before anything imports
+# transformers or huggingface_hub.
+WORK_DIR, HF_HOME = offline_workdir("ftserve-train-bench-")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -372,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help=f"keep the work dir ({WORK_DIR})")
     args = parser.parse_args(argv)
     if args.keep:
-        atexit.unregister(shutil.rmtree)
+        keep_workdir()
     started = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
 
