@@ -176,12 +176,13 @@ class GenerationPredictor:
         eos = self.tokenizer.eos_token_id
         if eos in new:  # in a batch, a finished row is padded (with EOS for GPT-2): cut after its first EOS
             new = new[: new.index(eos) + 1]
-        if stop:  # a row stopped by a stop sequence ends at the token that completed it
-            for end in range(1, len(new) + 1):
-                if any(s in self.tokenizer.decode(new[:end], skip_special_tokens=True) for s in stop):
-                    new = new[:end]
-                    break
         text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if stop and any(s in text for s in stop):
+            # A row stopped by a stop sequence ends at the token that completed it.
+            end = next(e for e in range(1, len(new) + 1)
+                       if any(s in self.tokenizer.decode(new[:e], skip_special_tokens=True) for s in stop))
+            new = new[:end]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
         finish = "length"
         cut = min((text.find(s) for s in stop or [] if s in text), default=-1)
         if cut >= 0:
