@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,6 +140,15 @@ class Stack:
                     f"job {job_id} still {job['status']} after {timeout}s\n--- worker log:\n{self.logs('worker')}"
                 )
             time.sleep(0.3)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of `GET /metrics` by name and exact label set (0 when absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.client.get("/metrics").text.splitlines():
+            m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
+            if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+                return float(m.group(2))
+        return 0.0
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

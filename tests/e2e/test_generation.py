@@ -121,9 +121,7 @@ def test_client_leaving_a_stream_stops_its_generation(pg_stack: Stack, shared_da
     assert job["status"] == "succeeded", job["error"]
 
     def cancelled_count() -> float:
-        text = pg_stack.client.get("/metrics").text
-        match = re.search(r'^ftserve_generations_cancelled_total\{model="leaver:1"\} (\S+)$', text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        return pg_stack.metric("ftserve_generations_cancelled_total", model="leaver:1")
 
     assert cancelled_count() == 0
     wanted = 240  # the tiny model's context is 256 positions

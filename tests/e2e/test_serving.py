@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -73,17 +72,6 @@ def train(stack: Stack, dataset_id: str, name: str) -> str:
     return str(r.json()["id"])
 
 
-def metric(stack: Stack, name: str, **labels: str) -> float:
-    """One sample of /metrics (0 when absent)."""
-    text = stack.client.get("/metrics").text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
-            return float(m.group(2))
-    return 0.0
-
-
 def validation_texts(shared_data: Path, n: int) -> list[str]:
     with (shared_data / "classification" / "validation.csv").open(encoding="utf-8") as f:
         return [row["text"] for _, row in zip(range(n), csv.DictReader(f), strict=False)]
@@ -116,12 +104,12 @@ def post_many(stack: Stack, path: str, bodies: list[dict[str, Any]], *, timeout:
 def test_concurrent_requests_share_batches_and_equal_unbatched_references(serving: Stack, shared_data: Path
                                                                           ) -> None:
     texts = validation_texts(shared_data, 48)
-    count0 = metric(serving, "ftserve_batch_size_count", model="alpha:1")
-    sum0 = metric(serving, "ftserve_batch_size_sum", model="alpha:1")
+    count0 = serving.metric("ftserve_batch_size_count", model="alpha:1")
+    sum0 = serving.metric("ftserve_batch_size_sum", model="alpha:1")
     responses = post_many(serving, "/classify", [{"model": "alpha:1", "inputs": [t]} for t in texts])
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    batches = metric(serving, "ftserve_batch_size_count", model="alpha:1") - count0
-    inputs = metric(serving, "ftserve_batch_size_sum", model="alpha:1") - sum0
+    batches = serving.metric("ftserve_batch_size_count", model="alpha:1") - count0
+    inputs = serving.metric("ftserve_batch_size_sum", model="alpha:1") - sum0
     assert inputs == 48 and batches < 48, (inputs, batches)  # some forward passes served several requests
     reference = unbatched_reference(serving.data_dir / "models" / "alpha" / "1", texts)
     for response, (label, score) in zip(responses, reference, strict=True):
@@ -131,14 +119,14 @@ def test_concurrent_requests_share_batches_and_equal_unbatched_references(servin
 
 def test_overload_is_429_with_retry_after_and_the_server_recovers(serving: Stack, shared_data: Path) -> None:
     texts = validation_texts(shared_data, 8)
-    rejected0 = metric(serving, "ftserve_requests_rejected_total", model="beta:1", reason="queue_full")
+    rejected0 = serving.metric("ftserve_requests_rejected_total", model="beta:1", reason="queue_full")
     responses = post_many(serving, "/classify", [{"model": "beta:1", "inputs": texts}] * 40)
     codes = [r.status_code for r in responses]
     assert set(codes) == {200, 429} and codes.count(429) >= 1, codes
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "rate_limited"
-    assert metric(serving, "ftserve_requests_rejected_total", model="beta:1", reason="queue_full") - rejected0 \
+    assert serving.metric("ftserve_requests_rejected_total", model="beta:1", reason="queue_full") - rejected0 \
         == codes.count(429)
     r = serving.client.post("/classify", json={"model": "beta:1", "inputs": texts})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 8
@@ -151,12 +139,12 @@ def test_cache_budget_evicts_the_least_recently_used_model_and_reloads_it(servin
 
     for ref in ("alpha:1", "beta:1", "gamma:1"):
         use(ref)
-    assert metric(serving, "ftserve_loaded_models") == 2  # the budget
-    loads = {ref: metric(serving, "ftserve_model_load_seconds_count", model=ref) for ref in ("alpha:1", "gamma:1")}
+    assert serving.metric("ftserve_loaded_models") == 2  # the budget
+    loads = {ref: serving.metric("ftserve_model_load_seconds_count", model=ref) for ref in ("alpha:1", "gamma:1")}
     use("gamma:1")  # still loaded: no load
     use("alpha:1")  # evicted (least recently used): loaded again on demand
-    assert metric(serving, "ftserve_model_load_seconds_count", model="gamma:1") == loads["gamma:1"]
-    assert metric(serving, "ftserve_model_load_seconds_count", model="alpha:1") == loads["alpha:1"] + 1
+    assert serving.metric("ftserve_model_load_seconds_count", model="gamma:1") == loads["gamma:1"]
+    assert serving.metric("ftserve_model_load_seconds_count", model="alpha:1") == loads["alpha:1"] + 1
 
 
 def test_new_version_serves_at_once_and_an_alias_moves_under_load(serving: Stack) -> None:
@@ -204,8 +192,8 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
     long_body = {"model": "talker", "inputs": ["ROMEO:"] * 16, "max_new_tokens": 200, "min_new_tokens": 200,
                  "do_sample": True, "seed": 7}
     short_body = {"model": "talker", "prompt": "JULIET:", "max_new_tokens": 4, "min_new_tokens": 4}
-    dropped0 = metric(serving, "ftserve_requests_dropped_total", model="talker:1", reason="client_left")
-    timeouts0 = metric(serving, "ftserve_requests_total", endpoint="/generate", model="talker", status="504")
+    dropped0 = serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left")
+    timeouts0 = serving.metric("ftserve_requests_total", endpoint="/generate", model="talker", status="504")
     with ThreadPoolExecutor(max_workers=2) as pool:
         long = pool.submit(serving.client.post, "/generate", json=long_body)
         time.sleep(0.3)
@@ -218,10 +206,10 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
         r = waiting.result()
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
         assert long.result().status_code == 200
-    assert metric(serving, "ftserve_requests_total", endpoint="/generate", model="talker", status="504") \
+    assert serving.metric("ftserve_requests_total", endpoint="/generate", model="talker", status="504") \
         == timeouts0 + 1
     deadline = time.monotonic() + 120
-    while metric(serving, "ftserve_requests_dropped_total", model="talker:1", reason="client_left") <= dropped0:
+    while serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left") <= dropped0:
         assert time.monotonic() < deadline, serving.logs("api")[-3000:]
         time.sleep(0.2)
     r = serving.client.post("/generate", json=short_body)
@@ -248,10 +236,10 @@ def test_summarize_and_generate_requests_are_batched_and_a_stream_does_not_hold_
     documents = [json.loads(line)["document"] for _, line in zip(
         range(6), (shared_data / "summarization" / "validation.jsonl").open(), strict=False)]
     gen = {"max_new_tokens": 8, "num_beams": 1}
-    before = metric(serving, "ftserve_batch_size_count", model="digest:1")
+    before = serving.metric("ftserve_batch_size_count", model="digest:1")
     responses = post_many(serving, "/summarize", [{"model": "digest", "inputs": [d], **gen} for d in documents])
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert metric(serving, "ftserve_batch_size_count", model="digest:1") - before < len(documents)
+    assert serving.metric("ftserve_batch_size_count", model="digest:1") - before < len(documents)
     # Batched equals unbatched: the same server, one document per forward pass. (Against plain transformers
     # in test_summarization: this barely trained model's near-tied logits make a cross-process reference
     # sensitive to float summation order, which is not what this test is about.)
@@ -268,10 +256,10 @@ def test_summarize_and_generate_requests_are_batched_and_a_stream_does_not_hold_
         by_length.setdefault(len(tok(f"{name}:")["input_ids"]), []).append(f"{name}:")
     prompts = max(by_length.values(), key=len)
     assert len(prompts) >= 3, by_length
-    before = metric(serving, "ftserve_batch_size_count", model="talker:1")
+    before = serving.metric("ftserve_batch_size_count", model="talker:1")
     body = {"model": "talker", "max_new_tokens": 12, "min_new_tokens": 12}
     responses = post_many(serving, "/generate", [{**body, "prompt": p} for p in prompts])
-    assert metric(serving, "ftserve_batch_size_count", model="talker:1") - before < len(prompts)
+    assert serving.metric("ftserve_batch_size_count", model="talker:1") - before < len(prompts)
     for prompt, r in zip(prompts, responses, strict=True):
         alone = serving.client.post("/generate", json={**body, "prompt": prompt}).json()["generations"][0]
         assert r.json()["generations"][0] == alone, prompt
