@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from core.hfcache import place_in_cache
+from tests.tinymodels import cache_model
 
 TINY_GPT2 = "ftserve-test/tiny-gpt2"
 
 
 def build_tiny_gpt2(shared_data: Path, hf_home: Path, *, repo_id: str = TINY_GPT2, n_embd: int = 32,
                     n_layer: int = 2, n_head: int = 2, vocab_size: int = 1000) -> Path:
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
@@ -28,9 +26,4 @@ def build_tiny_gpt2(shared_data: Path, hf_home: Path, *, repo_id: str = TINY_GPT
     eos = tok.token_to_id("<|endoftext|>")
     config = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=256, n_embd=n_embd, n_layer=n_layer,
                         n_head=n_head, bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        fast.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        return place_in_cache(Path(tmp), hf_home=hf_home, repo_id=repo_id)
+    return cache_model(hf_home, repo_id, fast, lambda: GPT2LMHeadModel(config))

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import csv
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.hfcache import place_in_cache
 
 TINY_BERT = "ftserve-test/tiny-bert"
+
+
+def cache_model(hf_home: Path, repo_id: str, tokenizer: Any, build: Callable[[], Any]) -> Path:
+    """Seed torch, build the model and place it with its tokenizer in `hf_home` as hub model `repo_id`."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        return place_in_cache(Path(tmp), hf_home=hf_home, repo_id=repo_id)
 
 
 def _corpus(shared_data: Path) -> list[str]:
@@ -41,14 +55,7 @@ def build_tiny_bert(shared_data: Path, hf_home: Path) -> Path:
     fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=128)
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
-    import torch
-
-    torch.manual_seed(0)
-    model = BertModel(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        fast.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        return place_in_cache(Path(tmp), hf_home=hf_home, repo_id=TINY_BERT)
+    return cache_model(hf_home, TINY_BERT, fast, lambda: BertModel(config))
 
 
 def build_hub_dataset(hf_home: Path, repo_id: str, *, texts: list[str], labels: list[int], names: list[str]) -> None:
@@ -121,11 +128,4 @@ def build_tiny_t5(shared_data: Path, hf_home: Path) -> Path:
     pad_id = fast.pad_token_id
     config = T5Config(vocab_size=len(fast), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
                       num_heads=2, decoder_start_token_id=pad_id, pad_token_id=pad_id, eos_token_id=eos_id)
-    import torch
-
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        fast.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        return place_in_cache(Path(tmp), hf_home=hf_home, repo_id=TINY_T5)
+    return cache_model(hf_home, TINY_T5, fast, lambda: T5ForConditionalGeneration(config))
