@@ -161,10 +161,16 @@ class ClassificationPredictor:
     def predict(self, texts: list[str], *, top_k: int | None = 1) -> list[list[dict[str, Any]]]:
         import torch
 
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        from training.batching import length_groups
+
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        probs = np.empty((len(texts), len(self.id2label)), dtype=np.float32)
+        # Similar lengths forward together: padding to the longest of a mixed batch doubles the compute.
+        for group in length_groups([len(ids) for ids in enc["input_ids"]]):
+            batch = self.tokenizer.pad({k: [enc[k][i] for i in group] for k in enc}, return_tensors="pt")
+            with torch.inference_mode():
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+                probs[group] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         k = probs.shape[1] if top_k is None else min(top_k, probs.shape[1])
         out = []
         for row in probs:
