@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     max_batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill up.")
+    max_batch_tokens: int = Field(
+        default=16384, ge=0,
+        description="Most tokens in one batch, padded (inputs × the longest), estimated at ~4 characters per "
+        "token plus max_new_tokens for /generate; 0 = no limit.",
+    )
     max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")
     warm_models: str = Field(default="", description="Model refs to load at start, comma-separated.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="Predict deadline; then 504.")

@@ -1,10 +1,13 @@
 """Dynamic batching: requests for one model queue up and share forward passes.
 
 Each request is a list of items and a future. One loop per batcher takes requests in arrival order
-until the batch holds `max_batch_size` items or `max_wait` has passed since the first one, drops those
-whose deadline passed or whose client left (no compute for them), and runs the batch function in a
-thread, off the event loop. While a batch runs, new requests queue up, so batches grow with load. A
-failed batch fails only its own requests; a full queue is a 429 and a request past its deadline a 504.
+until the batch holds `max_batch_size` items (or, with a `cost` function, `max_cost` padded cost: items ×
+the costliest, e.g. estimated tokens) or the wait has passed since the first one, drops those whose
+deadline passed or whose client left (no compute for them), and runs the batch function in a thread, off
+the event loop. The wait is `max_wait`, stretched to `wait_fraction` of a batch's measured run time (up to
+`max_wait_cap`): 5 ms means nothing to a 4 s `generate` but lets concurrent callers join it. While a batch
+runs, new requests queue up, so batches grow with load. A failed batch fails only its own requests; a full
+queue is a 429 and a request past its deadline a 504.
 """
 
 from __future__ import annotations
@@ -38,8 +41,14 @@ class _Request:
 
 class Batcher:
     def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int,
-                 on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0) -> None:
+                 on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0,
+                 cost: Callable[[Any], int] | None = None, max_cost: int = 0,
+                 wait_fraction: float = 0.02, max_wait_cap: float = 0.1) -> None:
         self.fn = fn
+        self.cost = cost
+        self.max_cost = max_cost
+        self.wait_fraction = wait_fraction
+        self.max_wait_cap = max(max_wait, max_wait_cap)
         self.on_idle = on_idle
         self.idle_seconds = idle_seconds
         self.model = model
@@ -82,14 +91,26 @@ class Batcher:
                 f"no result from model {self.model} within {timeout:g}s; the server is busy, retry later"
             ) from None
 
+    @property
+    def wait(self) -> float:
+        """How long a batch waits to fill: `max_wait`, or a small share of what a batch takes to run."""
+        return min(self.max_wait_cap, max(self.max_wait, self.wait_fraction * self._busy_seconds))
+
     def _take(self) -> list[_Request]:
-        """Requests in arrival order up to max_batch_size items (a larger request runs alone)."""
+        """Requests in arrival order up to max_batch_size items and max_cost padded cost (a request beyond
+        either alone runs alone)."""
         batch: list[_Request] = []
         size = 0
+        costliest = 0
         while self._queue:
             nxt = self._queue[0]
             if batch and size + len(nxt.items) > self.max_batch_size:
                 break
+            if self.cost is not None and self.max_cost > 0:
+                costliest_with = max([costliest, *map(self.cost, nxt.items)])
+                if batch and (size + len(nxt.items)) * costliest_with > self.max_cost:
+                    break
+                costliest = costliest_with
             self._queue.popleft()
             self._queued_items -= len(nxt.items)
             batch.append(nxt)
@@ -127,7 +148,7 @@ class Batcher:
                 continue
             first = self._queue[0].enqueued
             while self._queued_items < self.max_batch_size:
-                remaining = first + self.max_wait - time.monotonic()
+                remaining = first + self.wait - time.monotonic()
                 if remaining <= 0:
                     break
                 self._wakeup.clear()

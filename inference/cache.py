@@ -21,7 +21,7 @@ from core.errors import DeadlineExceeded, NotReady
 from inference import metrics
 
 log = logging.getLogger("ftserve.inference")
-_LOADS = threading.Lock()
+LOAD_LOCK = threading.Lock()
 
 
 def weights_on_disk(path: str) -> int:
@@ -100,7 +100,7 @@ class ModelCache:
                 t0 = time.perf_counter()
                 # One load at a time in the process: `from_pretrained` patches process-global torch state while
                 # it builds a model on the meta device, and two threads loading at once leave it patched.
-                with _LOADS:
+                with LOAD_LOCK:
                     predictor = self._loader(task, path)
             except BaseException as exc:
                 with self._cond:

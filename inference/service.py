@@ -14,6 +14,7 @@ import anyio
 
 from core.settings import Settings
 from inference.batcher import Batcher
+from inference.cache import LOAD_LOCK, ModelCache
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from registry import versions
 from registry.db import session_scope
@@ -41,6 +42,16 @@ def _load_predictor(task: str, path: str, *, quantize_int8: bool = False) -> Any
     return predictor
 
 
+def estimated_tokens(item: Any) -> int:
+    """A cheap token count for batch budgets, without the tokenizer: ~4 characters per token (English BPE and
+    WordPiece), plus special tokens. A (question, context) pair counts both."""
+    if isinstance(item, str):
+        return len(item) // 4 + 2
+    if isinstance(item, tuple | list):
+        return sum(estimated_tokens(x) for x in item)
+    return 1
+
+
 @dataclass(frozen=True)
 class Resolved:
     name: str
@@ -55,8 +66,6 @@ class Resolved:
 
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
-        from inference.cache import ModelCache
-
         self.settings = settings
         self.cache = ModelCache(capacity=settings.model_cache_size,
                                 loader=partial(_load_predictor, quantize_int8=settings.quantize_int8),
@@ -72,8 +81,11 @@ class InferenceService:
 
     def warm_up(self) -> None:
         """Import the ML stack and load `settings.warm_models`, so first requests do not pay for either."""
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        # Under the load lock: a model load importing transformers while this thread is half-way through the
+        # same import sees a partly initialized module (ImportError); the first load waits for these instead.
+        with LOAD_LOCK:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
 
         for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
             resolved = self._resolve_any(ref)
@@ -133,10 +145,12 @@ class InferenceService:
         key = (resolved.ref, method, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
+            extra_tokens = int(params.get("max_new_tokens") or 0) if method == "generate" else 0
             batcher = Batcher(
                 lambda items: self._call(resolved, method, items, **params), model=resolved.ref,
                 max_batch_size=self.settings.max_batch_size, max_wait=self.settings.max_batch_wait_ms / 1000,
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._batchers.pop(key, None),
+                cost=lambda item: estimated_tokens(item) + extra_tokens, max_cost=self.settings.max_batch_tokens,
             )
             self._batchers[key] = batcher
         return batcher

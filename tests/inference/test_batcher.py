@@ -54,6 +54,39 @@ def test_batches_never_exceed_the_maximum_size() -> None:
     asyncio.run(main())
 
 
+def test_the_token_budget_counts_padded_cost_and_a_costly_request_still_runs_alone() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()  # hold the first batch so that the rest queue up behind it
+        b = batcher(model, max_batch_size=32, cost=len, max_cost=40)
+        first = asyncio.ensure_future(b.submit(["warm"], timeout=5))
+        await asyncio.sleep(0)
+        while b.depth:  # until the loop has taken "warm" (its batch then blocks on the gate)
+            await asyncio.sleep(0.001)
+        texts = ["a" * 5] * 6 + ["b" * 10, "c" * 60, "d" * 5]
+        rest = asyncio.gather(*(b.submit([t], timeout=5) for t in texts))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await first
+        assert await rest == [[f"out:{t}"] for t in texts]
+        sizes = [[len(x) for x in batch] for batch in model.batches[1:]]
+        # 6 × 5 = 30 fits; a 7th input of 10 would pad to 7 × 10 = 70 > 40: a new batch. 60 exceeds the
+        # budget alone and runs alone.
+        assert sizes == [[5] * 6, [10], [60], [5]]
+
+    asyncio.run(main())
+
+
+def test_the_wait_stretches_with_the_batch_run_time_up_to_its_cap() -> None:
+    b = batcher(Model(), max_wait=0.005, wait_fraction=0.02, max_wait_cap=0.05)
+    b._busy_seconds = 0.02
+    assert b.wait == 0.005  # 2 % of a 20 ms forward is under the configured wait
+    b._busy_seconds = 1.0
+    assert b.wait == pytest.approx(0.02)
+    b._busy_seconds = 10.0
+    assert b.wait == 0.05
+
+
 def test_a_failing_batch_fails_only_its_own_requests() -> None:
     async def main() -> None:
         model = Model()
