@@ -456,20 +456,18 @@ def run_summarization(args: argparse.Namespace) -> Report:
     return Report("summarization", rows, checks, notes)
 
 
-def unigram_perplexity(tokenizer: Any, train_rows: list[dict[str, Any]], targets: np.ndarray,
-                       ignore: set[int]) -> tuple[float, int]:
+def unigram_perplexity(tokenizer: Any, train_rows: list[dict[str, Any]], targets: np.ndarray) -> tuple[float, int]:
     """Perplexity of an add-0.5 unigram model of the training text on `targets`; returns (ppl, training tokens).
 
-    The training text is tokenized as the generation task does (each non-blank text, no special tokens); token
-    ids in `ignore` (the EOS separators, never scored) are not counted. Smoothing covers the whole vocabulary.
+    The training text is tokenized as the generation task packs it: each non-blank text, no special tokens,
+    followed by one EOS (a scored target, as in training). Smoothing covers the whole vocabulary.
     """
     vocab = len(tokenizer)
     counts = np.zeros(vocab, dtype=np.float64)
     texts = [r["text"] for r in train_rows if r["text"].strip()]
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab)
-    for token in ignore:
-        counts[token] = 0
+    counts[tokenizer.eos_token_id] += len(texts)
     n = int(counts.sum())
     log_p = np.log((counts + 0.5) / (n + 0.5 * vocab))
     return float(math.exp(-log_p[targets].mean())), n
@@ -504,8 +502,7 @@ def run_generation(args: argparse.Namespace) -> Report:
     before = token_loss("generation", snapshot, spec, val_rows)
     print(f"-- before: loss {before.loss:.4f} over {before.tokens} tokens ({time.perf_counter() - t0:.0f} s)",
           flush=True)
-    eos = tokenizer.eos_token_id
-    unigram_ppl, unigram_n = unigram_perplexity(tokenizer, train_rows, before.targets, {eos})
+    unigram_ppl, unigram_n = unigram_perplexity(tokenizer, train_rows, before.targets)
     print(f"-- unigram baseline: perplexity {unigram_ppl:.2f} ({unigram_n} training tokens)", flush=True)
 
     print("-- training (training.runner.run) ...", flush=True)
@@ -532,12 +529,12 @@ def run_generation(args: argparse.Namespace) -> Report:
         Check(f"perplexity after = {ppl_after:.2f} < unigram {unigram_ppl:.2f}", ppl_after < unigram_ppl),
     ]
     notes = [
-        "baseline column: add-0.5 unigram model of train.txt (same BPE tokenization, EOS not counted, smoothing "
-        f"over all {len(tokenizer)} vocabulary entries; {unigram_n} training tokens)",
+        "baseline column: add-0.5 unigram model of train.txt (same BPE tokenization, one EOS after each text as "
+        f"packed, smoothing over all {len(tokenizer)} vocabulary entries; {unigram_n} training tokens)",
         f"scored tokens: {after.tokens} of validation.txt's {all_val} packed tokens (texts split at blank lines, "
         f"each followed by EOS, packed into {all_val // block} full blocks of {block}; the tail is dropped); per "
-        f"block the labels at positions 2..{block}, minus the EOS separators, which ftserve's collator masks "
-        "because EOS doubles as the pad token. Model and unigram are scored on exactly these tokens.",
+        f"block the labels at positions 2..{block}, EOS separators included (the task trains them as targets, "
+        "so that a model learns to end a text). Model and unigram are scored on exactly these tokens.",
         trained.note(),
         f"runner's own evaluation of the trained model: eval_loss {result.metrics['eval_loss']:.4f}, perplexity "
         f"{result.metrics['perplexity']:.2f}; it reads low because the Trainer divides each batch's NLL by a count "
