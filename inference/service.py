@@ -16,8 +16,10 @@ from core.settings import Settings
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
-from registry import versions
+from registry import stamp, versions
 from registry.db import session_scope
+
+_RESOLVED_MAX = 4096
 
 log = logging.getLogger("ftserve.inference")
 
@@ -74,6 +76,9 @@ class InferenceService:
         # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
         # waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        # (ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py).
+        self._resolved: dict[tuple[str | None, str], Resolved] = {}
+        self._stamp: stamp.Stamp = None
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
         if settings.torch_threads:
             import torch
@@ -118,7 +123,21 @@ class InferenceService:
                 executor.shutdown(wait=False)
 
     async def resolve_async(self, ref: str | None, task: str) -> Resolved:
-        return await anyio.to_thread.run_sync(self.resolve, ref, task)
+        """`resolve`, answered from memory while no version or alias changed since (one `stat` per call)."""
+        now = stamp.read_stamp(self.settings.data_dir)
+        if now != self._stamp:
+            self._resolved.clear()
+            self._stamp = now
+        key = (ref, task)
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        resolved = await anyio.to_thread.run_sync(self.resolve, ref, task)
+        if self._stamp == now:  # else the registry changed while this query ran: do not keep its answer
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            self._resolved[key] = resolved
+        return resolved
 
     async def stream(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Iterate a predictor's synchronous generator without blocking the event loop.
@@ -172,7 +191,7 @@ class InferenceService:
                   **params: Any) -> tuple[str, list[Any]]:
         """Resolve `ref` now (an alias moved later does not affect this request) and run `items` through the
         model's batcher; returns (the version's ref, one result per item)."""
-        resolved = await anyio.to_thread.run_sync(self.resolve, ref, task)
+        resolved = await self.resolve_async(ref, task)
         batcher = self._batcher(resolved, method, params)
         results = await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
                                        is_disconnected=is_disconnected)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings, get_settings
+from registry import stamp
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -44,10 +45,17 @@ def get_engine(url: str | None = None) -> Engine:
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on any error (and re-raise it)."""
-    url = url or get_settings().sqlalchemy_url
+    """A transaction: commit on success, roll back on any error (and re-raise it).
+
+    The service's own sessions (no `url`) replace the registry stamp when they commit a version or alias change.
+    """
+    settings = get_settings()
+    stamp_dir = settings.data_dir if url is None else None
+    url = url or settings.sqlalchemy_url
     get_engine(url)
     session = _makers[url]()
+    if stamp_dir is not None:
+        session.info[stamp.STAMP_DIR] = str(stamp_dir)
     try:
         yield session
         session.commit()

@@ -148,10 +148,14 @@ def test_cache_budget_evicts_the_least_recently_used_model_and_reloads_it(servin
 
 
 def test_new_version_serves_at_once_and_an_alias_moves_under_load(serving: Stack) -> None:
+    # The bare name follows the newest version (no production alias yet); the API caches that resolution, and
+    # the worker's registration of version 2, in another process, must still reach it.
+    assert serving.client.post("/classify", json={"model": "alpha", "inputs": ["x"]}).json()["model"] == "alpha:1"
     job = serving.wait_job(train(serving, serving.dataset_id, "alpha"))  # type: ignore[attr-defined]
     assert job["status"] == "succeeded" and job["model"]["version"] == 2, job
     r = serving.client.post("/classify", json={"model": "alpha:2", "inputs": ["x"]})
     assert r.status_code == 200 and r.json()["model"] == "alpha:2"  # no restart
+    assert serving.client.post("/classify", json={"model": "alpha", "inputs": ["x"]}).json()["model"] == "alpha:2"
 
     assert serving.client.put("/models/alpha/aliases/production", json={"version": 1}).status_code == 200
     results: list[tuple[float, int, str]] = []
