@@ -3,8 +3,8 @@
 A batch padded to its longest input computes `len(batch) × longest` tokens. With short, uneven texts (a
 classification request mix averages ~25 tokens with a long tail) that is about twice the real tokens, which
 eats the gain of batching. Sorting by length and cutting the sorted run where padding would waste more than
-`max_waste` keeps almost all of the batching gain and little of the padding; groups too small to be worth a
-forward of their own (under `min_tokens` padded tokens) are merged regardless.
+`max_waste` keeps almost all of the batching gain and little of the padding; a group may waste more only while
+it stays under `min_tokens` padded tokens (too small to be worth a forward of its own).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 def length_groups(lengths: Sequence[int], *, max_waste: float = 0.2, min_tokens: int = 128) -> list[list[int]]:
     """Indices into `lengths`, grouped: each group's inputs are similar in length, shortest group first.
 
-    Every index appears in exactly one group. Within a group, padded tokens (size × longest) stay within
-    `(1 + max_waste)` × real tokens, unless the group is still under `min_tokens` padded tokens.
+    Every index appears in exactly one group. Each group's padded tokens (size × longest) are within
+    `(1 + max_waste)` × its real tokens, or at most `min_tokens`.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
@@ -25,7 +25,7 @@ def length_groups(lengths: Sequence[int], *, max_waste: float = 0.2, min_tokens:
     for i in order:
         n = lengths[i]
         padded = (len(group) + 1) * n  # sorted ascending: the newcomer is the group's longest
-        if group and padded > (1 + max_waste) * (real + n) and len(group) * lengths[group[-1]] >= min_tokens:
+        if group and padded > (1 + max_waste) * (real + n) and padded > min_tokens:
             groups.append(group)
             group, real = [], 0
         group.append(i)

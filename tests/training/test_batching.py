@@ -25,11 +25,17 @@ def test_padding_waste_bounded_once_a_group_is_big_enough(max_waste: float) -> N
     groups = length_groups(lengths, max_waste=max_waste, min_tokens=64)
     for g in groups:
         real = sum(lengths[i] for i in g)
-        # A group may exceed the waste bound only through the merge of small groups (under min_tokens).
-        assert _padded(lengths, g) <= (1 + max_waste) * real or _padded(lengths, g[:-1]) < 64
+        # A group may exceed the waste bound only while it is small (at most min_tokens padded tokens).
+        assert _padded(lengths, g) <= (1 + max_waste) * real or _padded(lengths, g) <= 64
     # Against padding everything to the longest, the groups compute far fewer tokens.
     total_padded = sum(_padded(lengths, g) for g in groups)
     assert total_padded < 0.75 * len(lengths) * max(lengths)
+
+
+def test_one_long_input_is_never_merged_into_many_tiny_ones() -> None:
+    # 100 one-token inputs are one small group; padding them all to 500 would compute 50,500 tokens for 600.
+    groups = length_groups([1] * 100 + [500], min_tokens=128)
+    assert groups == [list(range(100)), [100]]
 
 
 def test_uniform_lengths_make_one_group_and_tiny_inputs_are_merged() -> None:
