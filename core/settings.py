@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     max_input_chars: int = 100_000
     max_new_tokens_cap: int = 512
     max_num_beams_cap: int = 8
-    torch_threads: int = Field(default=0, description="0 = torch default (one per core).")
+    torch_threads: int = Field(
+        default=0, ge=0, description="torch threads per process; 0 = one per CPU the process may use (its "
+        "affinity, capped by a container's CPU quota).",
+    )
 
     @field_validator("data_dir")
     @classmethod

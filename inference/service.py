@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from core.cpus import size_torch_threads
 from core.settings import Settings
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
@@ -24,12 +25,14 @@ _RESOLVED_MAX = 4096
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str, *, quantize_int8: bool = False) -> Any:
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0) -> Any:
     from pathlib import Path
 
     import torch
 
     from training.tasks import get_predictor_class
+
+    size_torch_threads(torch_threads)  # before the first forward; cheap once set
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     predictor = get_predictor_class(task)(Path(path), device=device)
@@ -70,7 +73,8 @@ class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = ModelCache(capacity=settings.model_cache_size,
-                                loader=partial(_load_predictor, quantize_int8=settings.quantize_int8),
+                                loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
+                                               torch_threads=settings.torch_threads),
                                 max_bytes=settings.model_cache_mb * 1024 * 1024)
         # One forward thread per loaded model: one forward at a time (interleaving gains nothing on shared cores
         # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
@@ -80,10 +84,6 @@ class InferenceService:
         self._resolved: dict[tuple[str | None, str], Resolved] = {}
         self._stamp: stamp.Stamp = None
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
 
     def warm_up(self) -> None:
         """Import the ML stack and load `settings.warm_models`, so first requests do not pay for either."""
@@ -92,6 +92,8 @@ class InferenceService:
         with LOAD_LOCK:
             import torch  # noqa: F401
             import transformers  # noqa: F401
+
+            size_torch_threads(self.settings.torch_threads)
 
         for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
             resolved = self._resolve_any(ref)

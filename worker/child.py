@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from core.cpus import size_torch_threads
 from core.errors import Conflict, UserError, ValidationFailed
 from core.logging import setup_logging
 from core.settings import Settings, configure_environment, get_settings
@@ -212,6 +213,7 @@ def main(argv: list[str]) -> int:
     die_with_parent(int(argv[2]))
     setup_logging()
     settings = configure_environment(get_settings())
+    size_torch_threads(settings.torch_threads)
     job_id, worker_id = argv[0], argv[1]
     try:
         run_attempt(job_id, worker_id, settings)
