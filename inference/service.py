@@ -93,8 +93,6 @@ class InferenceService:
             import torch  # noqa: F401
             import transformers  # noqa: F401
 
-            size_torch_threads(self.settings.torch_threads)
-
         for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
             resolved = self._resolve_any(ref)
             self.cache.get(resolved.ref, task=resolved.task, path=resolved.path)

@@ -9,7 +9,8 @@ it stays under `min_tokens` padded tokens (too small to be worth a forward of it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 
 def length_groups(lengths: Sequence[int], *, max_waste: float = 0.2, min_tokens: int = 128) -> list[list[int]]:
@@ -33,3 +34,12 @@ def length_groups(lengths: Sequence[int], *, max_waste: float = 0.2, min_tokens:
     if group:
         groups.append(group)
     return groups
+
+
+def grouped_forward(tokenizer: Any, model: Any, features: Mapping[str, Sequence[Sequence[int]]], device: str
+                    ) -> Iterator[tuple[list[int], Any]]:
+    """Run `model` on unpadded tokenizer `features` in `length_groups`; yields (the group's indices, the model's
+    output for them). The caller sets the grad mode (e.g. `torch.inference_mode()` around the loop)."""
+    for group in length_groups([len(ids) for ids in features["input_ids"]]):
+        batch = tokenizer.pad({k: [v[i] for i in group] for k, v in features.items()}, return_tensors="pt")
+        yield group, model(**{k: v.to(device) for k, v in batch.items()})

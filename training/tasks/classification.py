@@ -161,16 +161,14 @@ class ClassificationPredictor:
     def predict(self, texts: list[str], *, top_k: int | None = 1) -> list[list[dict[str, Any]]]:
         import torch
 
-        from training.batching import length_groups
+        from training.batching import grouped_forward
 
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         probs = np.empty((len(texts), len(self.id2label)), dtype=np.float32)
         # Similar lengths forward together: padding to the longest of a mixed batch doubles the compute.
-        for group in length_groups([len(ids) for ids in enc["input_ids"]]):
-            batch = self.tokenizer.pad({k: [enc[k][i] for i in group] for k in enc}, return_tensors="pt")
-            with torch.inference_mode():
-                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
-                probs[group] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        with torch.inference_mode():
+            for group, out in grouped_forward(self.tokenizer, self.model, enc, self.device):
+                probs[group] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
         k = probs.shape[1] if top_k is None else min(top_k, probs.shape[1])
         out = []
         for row in probs:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import ValidationFailed
-from training.batching import length_groups
+from training.batching import grouped_forward
 from training.qa_postprocess import Window, best_spans, window_from_encoding
 from training.spec import CommonParams, QuestionAnsweringParams
 from training.tasks.base import EventFn, Prepared, Task
@@ -171,18 +171,16 @@ class QuestionAnsweringPredictor:
         enc = _windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=self.doc_stride)
         windows = [window_from_encoding(int(enc["overflow_to_sample_mapping"][i]), offsets, enc.sequence_ids(i))
                    for i, offsets in enumerate(enc["offset_mapping"])]
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        features = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         start_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
         end_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
         # Windows of similar length forward together (rows come back ragged; post-processing reads each
         # window's own positions only).
-        for group in length_groups([len(ids) for ids in enc["input_ids"]]):
-            batch = self.tokenizer.pad({k: [enc[k][i] for i in group] for k in keys}, return_tensors="pt")
-            with torch.inference_mode():
-                out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
-            starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-            for row, i in enumerate(group):
-                start_logits[i], end_logits[i] = starts[row], ends[row]
+        with torch.inference_mode():
+            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device):
+                starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+                for row, i in enumerate(group):
+                    start_logits[i], end_logits[i] = starts[row], ends[row]
         spans = best_spans(contexts=contexts, windows=windows, start_logits=start_logits, end_logits=end_logits,
                            max_answer_length=self.max_answer_length)
         return [{"answer": s.answer, "score": s.score, "start": s.start, "end": s.end} for s in spans]
