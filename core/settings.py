@@ -23,8 +23,20 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="ftserve", description="Celery queue that training jobs are sent to.")
     api_keys: str = Field(default="", description="Comma-separated name:key pairs; empty = auth off.")
+    admin_keys: str = Field(default="", description="Comma-separated key names (from api_keys) that see and act "
+                            "on every owner's resources.")
 
-    max_upload_bytes: int = 512 * 1024 * 1024
+    # Bounded input (see README "Security model").
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest dataset upload (413).")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body (413).")
+    max_dataset_rows: int = Field(default=5_000_000, ge=1, description="Most rows in one dataset (422).")
+    max_dataset_uncompressed_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024, ge=1,
+        description="Most bytes a dataset may take once decompressed (Parquet pages; 422).")
+    max_streams_per_key: int = Field(
+        default=16, ge=1, description="Open event streams and streamed generations per API key (429 beyond).")
+    max_active_jobs_per_owner: int = Field(
+        default=50, ge=1, description="Queued + running jobs per owner (429 beyond).")
     max_job_seconds: float = 24 * 3600.0
     cancel_grace_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
@@ -103,6 +115,10 @@ class Settings(BaseSettings):
                 raise ValueError("FTSERVE_API_KEYS entries must be name:key pairs")
             pairs[key] = name
         return pairs
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        return frozenset(filter(None, (n.strip() for n in self.admin_keys.split(","))))
 
 
 def hub_reachable(*, timeout: float) -> bool:

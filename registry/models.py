@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -31,8 +31,22 @@ class Dataset(Base):
     format: Mapped[str] = mapped_column(String(16))
     num_rows: Mapped[int] = mapped_column(Integer)
     columns: Mapped[list[Any]] = mapped_column(JSON)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    # Read once at upload (registry/datafiles.py): per-column types and value counts, and a bounded preview.
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetCheck(Base):
+    """The outcome of a row-level check that a profile cannot answer (QA answer offsets), per dataset and
+    (task, columns): `error` is None when the rows passed."""
+
+    __tablename__ = "dataset_checks"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -92,12 +106,15 @@ class RegisteredModel(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     task: Mapped[str] = mapped_column(String(32))
-    owner: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    # "private": its owner (and admins) only; "shared": every key may list, serve and build on it.
+    visibility: Mapped[str] = mapped_column(String(16), default="private", server_default="private")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
+    __table_args__ = (Index("ix_model_versions_owner_task", "owner", "task"),)
 
     name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
