@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, ValidationFailed
-from registry.datafiles import read_table
+from registry.datafiles import Limits, read_table
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class FileSource:
     path: Path
     format: str
     label: str  # how messages name it, e.g. "dataset ds_abc (train.csv)"
+    limits: Limits | None = None  # None: the settings' dataset caps, the ones the upload was read under
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Rows:
 
 def load_rows(source: Source) -> Rows:
     if isinstance(source, FileSource):
-        table = read_table(source.path, source.format)
+        table = read_table(source.path, source.format, limits=source.limits, label=source.label)
         return Rows(table.columns, table.rows, source)
     return _load_hub(source)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,18 @@ class RunResult:
     training_params: dict[str, Any]
 
 
+def map_rows(spec: JobSpec, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each row with the mapped columns renamed to the task's field names."""
+    for row in rows:
+        yield {field: row.get(column) for field, column in spec.columns.items()}
+
+
 def map_rows_checked(
-    spec: JobSpec, present: list[str], rows: list[dict[str, Any]], *, what: str
+    spec: JobSpec, present: list[str], rows: Iterable[dict[str, Any]], *, what: str
 ) -> list[dict[str, Any]]:
     """Rename the mapped columns to the task's field names and check the rows (API and worker alike)."""
     check_columns(present, spec.columns, what=what)
-    mapped = [{field: row.get(column) for field, column in spec.columns.items()} for row in rows]
+    mapped = list(map_rows(spec, rows))
     get_task(spec.task).check_rows(mapped, uploaded=True, what=what)
     return mapped
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,8 @@ from training.spec import CommonParams
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+    from registry.datafiles import DatasetProfile
 
 EventFn = Callable[[str, str, dict[str, Any]], None]
 
@@ -34,10 +36,18 @@ class Task(ABC):
     name: str
     main_metric: str
     greater_is_better: bool = True
+    # True when a dataset's profile cannot answer every check (QA answer offsets): POST /jobs then reads the
+    # rows through check_rows, once per dataset and column mapping.
+    needs_rows: bool = False
 
     @abstractmethod
-    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+    def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
         """Raise ValidationFailed naming the bad field or row. `rows` use the task's field names."""
+
+    @abstractmethod
+    def check_profile(self, profile: DatasetProfile, columns: dict[str, str], *, what: str) -> None:
+        """What can be checked from a dataset's stored profile (`columns` maps field → column); raise
+        ValidationFailed like check_rows does."""
 
     def split(
         self, rows: list[dict[str, Any]], *, ratio: float, seed: int

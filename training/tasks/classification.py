@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import ValidationFailed
+from registry.datafiles import DatasetProfile, profile_rows
 from training.metrics import accuracy, f1_macro
 from training.spec import CommonParams
 from training.tasks.base import EventFn, Prepared, Task
@@ -29,17 +31,26 @@ class ClassificationTask(Task):
     name = "classification"
     main_metric = "f1_macro"
 
-    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
-        labels: set[str] = set()
-        for index, row in enumerate(rows, start=1):
-            text, label = row.get("text"), row.get("label")
-            if not isinstance(text, str) or not text.strip():
-                raise ValidationFailed(f"{what} row {index}: field 'text' is empty or not a string")
-            if label is None or (isinstance(label, str) and not label.strip()):
-                raise ValidationFailed(f"{what} row {index}: field 'label' is empty")
-            if isinstance(label, (list, dict)):
-                raise ValidationFailed(f"{what} row {index}: field 'label' must be a single value")
-            labels.add(label_text(label))
+    def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        self.check_profile(profile_rows(rows), {"text": "text", "label": "label"}, what=what)
+
+    def check_profile(self, profile: DatasetProfile, columns: dict[str, str], *, what: str) -> None:
+        text, label = columns["text"], columns["label"]
+        problems = [
+            (profile.first_row(text, other_than={"string"}), 0, "field 'text' is empty or not a string"),
+            (profile.first_row(label, kinds={"null", "blank"}), 1, "field 'label' is empty"),
+            (profile.first_row(label, kinds={"object", "list"}), 1, "field 'label' must be a single value"),
+        ]
+        found = sorted((hit[0], order, message) for hit, order, message in problems if hit is not None)
+        if found:
+            row, _, message = found[0]  # the first bad row, as a pass over the rows would find it
+            raise ValidationFailed(f"{what} row {row}: {message}")
+        counts = profile.value_counts(label)
+        if counts is None:
+            # Not counted (many distinct values, or long ones): more than one class, or the worker's pass over
+            # the rows says otherwise.
+            return
+        labels = {label_text(value) for value, _ in counts}
         if len(labels) < 2:
             raise ValidationFailed(
                 f"{what}: the label column has {len(labels)} class ({', '.join(sorted(labels))}); "

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ValidationFailed
+from registry.datafiles import DatasetProfile, profile_rows
 from training.spec import CommonParams, GenerationParams
 from training.tasks.base import EventFn, Prepared, Task
 
@@ -32,11 +33,14 @@ class GenerationTask(Task):
     main_metric = "eval_loss"
     greater_is_better = False
 
-    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
-        for number, row in enumerate(rows, start=1):
-            if not isinstance(row.get("text"), str):
-                raise ValidationFailed(f"{what} row {number}: field 'text' must be a string")
-        if not any(row["text"].strip() for row in rows):
+    def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        self.check_profile(profile_rows(rows), {"text": "text"}, what=what)
+
+    def check_profile(self, profile: DatasetProfile, columns: dict[str, str], *, what: str) -> None:
+        bad = profile.first_row(columns["text"], other_than={"string", "blank"})
+        if bad is not None:
+            raise ValidationFailed(f"{what} row {bad[0]}: field 'text' must be a string")
+        if profile.first_row(columns["text"], kinds={"string"}) is None:
             raise ValidationFailed(f"{what}: the corpus is empty (every 'text' is blank)")
 
     def prepare(

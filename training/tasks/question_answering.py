@@ -10,12 +10,14 @@ numbers rather than dropped: silently training on fewer rows hides a broken expo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import ValidationFailed
+from registry.datafiles import DatasetProfile
 from training.batching import grouped_forward
 from training.qa_postprocess import Window, best_spans, window_from_encoding
 from training.spec import CommonParams, QuestionAnsweringParams
@@ -49,8 +51,16 @@ def _windows(tokenizer: Any, questions: list[str], contexts: list[str], *, max_l
 class QuestionAnsweringTask(Task):
     name = "question-answering"
     main_metric = "f1"
+    needs_rows = True  # an answer's offset into its context is only known from the row
 
-    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+    def check_profile(self, profile: DatasetProfile, columns: dict[str, str], *, what: str) -> None:
+        found = [(hit[0], order, field) for order, field in enumerate(("question", "context"))
+                 if (hit := profile.first_row(columns[field], other_than={"string"})) is not None]
+        if found:
+            row, _, field = min(found)
+            raise ValidationFailed(f"{what}: row {row}: field '{field}' is empty")
+
+    def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
         bad: list[str] = []
         for number, row in enumerate(rows, start=1):
             question, context = row.get("question"), row.get("context")

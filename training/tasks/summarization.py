@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import ValidationFailed
+from registry.datafiles import PY_NAMES, DatasetProfile, profile_rows
 from training.spec import CommonParams, SummarizationParams
 from training.tasks.base import EventFn, Prepared, Task
 
@@ -58,17 +60,23 @@ class SummarizationTask(Task):
     name = "summarization"
     main_metric = "rougeLsum"
 
-    def check_rows(self, rows: list[dict[str, Any]], *, uploaded: bool, what: str) -> None:
-        if not rows:
+    def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
+        self.check_profile(profile_rows(rows), {"document": "document", "summary": "summary"}, what=what)
+
+    def check_profile(self, profile: DatasetProfile, columns: dict[str, str], *, what: str) -> None:
+        if profile.num_rows == 0:
             raise ValidationFailed(f"{what}: no rows; summarization needs document/summary pairs")
-        for index, row in enumerate(rows, start=1):
-            for field in ("document", "summary"):
-                value = row.get(field)
-                if not isinstance(value, str):
-                    kind = "missing" if value is None else f"not a string ({type(value).__name__})"
-                    raise ValidationFailed(f"{what} row {index}: field '{field}' is {kind}")
-                if not value.strip():
-                    raise ValidationFailed(f"{what} row {index}: field '{field}' is empty")
+        found = []
+        for order, field in enumerate(("document", "summary")):
+            hit = profile.first_row(columns[field], other_than={"string"})
+            if hit is not None:
+                row, kind = hit
+                problem = {"null": "missing", "blank": "empty"}.get(kind) or \
+                    f"not a string ({PY_NAMES.get(kind, kind)})"
+                found.append((row, order, f"field '{field}' is {problem}"))
+        if found:
+            row, _, message = min(found)  # the first bad row, as a pass over the rows would find it
+            raise ValidationFailed(f"{what} row {row}: {message}")
 
     def training_args_extra(self, params: CommonParams) -> dict[str, Any]:
         assert isinstance(params, SummarizationParams)
