@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.auth import ApiKeyMiddleware
+from api.limits import BodyLimitMiddleware
 from api.routes import datasets, jobs, models, predict, service
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
@@ -42,5 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (service, datasets, jobs, models, predict):
         app.include_router(module.router)
+    # Added last, runs first: a request without a valid key is refused before its body is read.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_map)
     return app
