@@ -1,27 +1,32 @@
-"""Datasets: upload (streamed to disk under the size limit), list, get with a preview, delete."""
+"""Datasets: upload (streamed to disk under the size limit, read once into a profile), list, get, delete."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
 from api.pagination import paginate
 from api.schemas import dataset_out, page
-from core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from api.uploads import MAX_NAME_CHARS, receive_upload
+from core.errors import Conflict, NotFound
 from core.ids import new_id
 from registry import jobs as jobrepo
-from registry.datafiles import format_for, read_table
+from registry.datafiles import Limits, profile_file
+from registry.datasets import profile_of
 from registry.models import Dataset, Job
-from registry.store import safe_file_name
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-CHUNK = 1024 * 1024
+# The body is parsed by the route as it streams (api/uploads.py), so its form is described here by hand.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "csv, jsonl, json, parquet or txt"},
+        "name": {"type": "string", "maxLength": MAX_NAME_CHARS}}}}}}}
 
 
 def get_dataset(session: Any, dataset_id: str) -> Dataset:
@@ -31,43 +36,29 @@ def get_dataset(session: Any, dataset_id: str) -> Dataset:
     return ds
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=UPLOAD_BODY)
 async def upload_dataset(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
     owner: OwnerDep,
-    file: Annotated[UploadFile, File(description="csv, jsonl, json, parquet or txt")],
-    name: Annotated[str | None, Form(max_length=256)] = None,
 ) -> dict[str, Any]:
-    limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(f"upload is {int(declared)} bytes; the limit is {limit} bytes")
-    file_name = safe_file_name(file.filename or "upload")
-    fmt = format_for(file_name)
     dataset_id = new_id("ds")
-    target = store.dataset_file(dataset_id, file_name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
+    target_dir = store.dataset_dir(dataset_id)
+    upload = await receive_upload(request, target_dir=target_dir, max_file_bytes=settings.max_upload_bytes)
     try:
-        with target.open("wb") as out:
-            while chunk := await file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        table = await anyio.to_thread.run_sync(read_table, target, fmt)
+        # The one full read of the file: GET /datasets/{id} and POST /jobs answer from its profile.
+        profile = await anyio.to_thread.run_sync(partial(
+            profile_file, upload.path, upload.format, limits=Limits.from_settings(settings), label=upload.file_name))
+        ds = Dataset(id=dataset_id, owner=owner, name=upload.name or upload.file_name, file_name=upload.file_name,
+                     format=upload.format, num_rows=profile.num_rows, columns=profile.columns,
+                     size_bytes=upload.size, sha256=upload.sha256, profile=profile.data)
+        session.add(ds)
+        session.flush()
     except BaseException:
-        shutil.rmtree(target.parent, ignore_errors=True)
+        shutil.rmtree(target_dir, ignore_errors=True)
         raise
-    ds = Dataset(id=dataset_id, owner=owner, name=name or file_name, file_name=file_name, format=fmt,
-                 num_rows=len(table.rows), columns=table.columns, size_bytes=size, sha256=digest.hexdigest())
-    session.add(ds)
-    session.flush()
     return dataset_out(ds)
 
 
@@ -82,13 +73,11 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}")
-def get_dataset_route(dataset_id: str, session: SessionDep, store: StoreDep) -> dict[str, Any]:
+def get_dataset_route(dataset_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep
+                      ) -> dict[str, Any]:
     ds = get_dataset(session, dataset_id)
-    try:
-        preview = read_table(store.dataset_file(ds.id, ds.file_name), ds.format).rows[:5]
-    except ValidationFailed as exc:  # stored files were checked at upload; say so if one changed since
-        raise Conflict(f"dataset file can no longer be read: {exc.message}") from exc
-    return {**dataset_out(ds), "preview": preview}
+    profile = profile_of(ds, path=store.dataset_file(ds.id, ds.file_name), limits=Limits.from_settings(settings))
+    return {**dataset_out(ds), "preview": profile.preview, "column_types": profile.column_types()}
 
 
 @router.delete("/{dataset_id}", status_code=204)

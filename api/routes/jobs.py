@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -26,7 +27,8 @@ from core.errors import Conflict, ValidationFailed
 from core.ids import new_id
 from registry import jobs as jobrepo
 from registry import versions
-from registry.datafiles import read_table
+from registry.datafiles import Limits, iter_rows
+from registry.datasets import cached_check, check_key, profile_of
 from registry.db import session_scope
 from registry.models import Job
 from registry.store import ArtifactStore
@@ -74,9 +76,17 @@ def _resolve_base_model(session: Session, spec: JobSpec) -> str:
 
 
 def _check_data(session: Session, store: ArtifactStore, spec: JobSpec) -> None:
-    """Uploaded datasets are checked now, so a bad column or label set is a 422, not a failed job."""
-    from training.runner import map_rows_checked
+    """Uploaded datasets are checked now, so a bad column or label set is a 422, not a failed job.
 
+    Columns, types and labels come from the profile stored at upload; a check that needs the rows themselves
+    (QA answer offsets) reads them once per dataset and column mapping, and its outcome is kept.
+    """
+    from training.data import check_columns
+    from training.runner import map_rows
+    from training.tasks import get_task
+
+    task = get_task(spec.task)
+    limits = Limits.from_settings()
     refs = [("dataset", spec.dataset)]
     if spec.validation.id is not None:
         refs.append(("validation", spec.validation))
@@ -84,8 +94,16 @@ def _check_data(session: Session, store: ArtifactStore, spec: JobSpec) -> None:
         if ref.id is None:
             continue
         ds = get_dataset(session, ref.id)
-        table = read_table(store.dataset_file(ds.id, ds.file_name), ds.format)
-        map_rows_checked(spec, table.columns, table.rows, what=f"dataset {ds.id} ({ds.name})")
+        what = f"dataset {ds.id} ({ds.name})"
+        path = store.dataset_file(ds.id, ds.file_name)
+        profile = profile_of(ds, path=path, limits=limits)
+        check_columns(profile.columns, spec.columns, what=what)
+        task.check_profile(profile, spec.columns, what=what)
+        if task.needs_rows:
+            rows = partial(iter_rows, path, ds.format, limits=limits, label=ds.file_name)
+            cached_check(ds, key=check_key(spec.task, spec.columns),
+                         run=lambda rows=rows, what=what: task.check_rows(map_rows(spec, rows()), uploaded=True,
+                                                                          what=what))
 
 
 def _create(session: Session, store: ArtifactStore, owner: str, body: dict[str, Any],
