@@ -38,6 +38,11 @@ PREVIEW_CELL_CHARS = 1000    # a longer string cell is cut (then shorter still i
 MAX_DISTINCT = 1000          # value counts are kept for a column with at most this many distinct values …
 MAX_COUNTED_CHARS = 256      # … each a number, a boolean or a string of at most this many characters,
 VALUE_COUNT_CHARS = 1024 * 1024  # … while all the counted strings of the dataset stay under this many characters.
+# A Parquet column chunk is decompressed a page at a time, and one page may be as large as the whole chunk: a
+# chunk this large that also expands more than this many times its stored size is refused as a decompression
+# bomb (text compresses 3-10x; a 14 KB file of a few long repeated strings expands 30,000x).
+BOMB_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_EXPANSION = 1000
 PROFILE_VERSION = 1
 _READ_CHUNK = 1024 * 1024
 _BATCH_BYTES = 8 * 1024 * 1024  # Parquet rows are turned into Python objects this many decoded bytes at a time
@@ -377,6 +382,14 @@ def _parquet_rows(path: Path, limits: Limits) -> Iterator[dict[str, Any]]:
                        for g in groups)
         if declared > limits.max_uncompressed_bytes:
             raise DataFileError(_too_big(limits, f"its metadata says {declared} bytes"))
+        for index, group in enumerate(groups):
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                size, stored = chunk.total_uncompressed_size, max(1, chunk.total_compressed_size)
+                if size > BOMB_CHUNK_BYTES and size > MAX_EXPANSION * stored:
+                    raise DataFileError(
+                        f"column '{chunk.path_in_schema}' (row group {index + 1}) expands from {stored} to {size} "
+                        f"bytes, more than {MAX_EXPANSION} times: refused as a decompression bomb")
         schema = meta.schema
         arrow_schema = schema.to_arrow_schema()
         if len(arrow_schema) > MAX_COLUMNS:

@@ -111,8 +111,8 @@ def test_json_items_are_read_one_at_a_time_across_chunks(tmp_path: Path, monkeyp
 
 
 def test_parquet_caps_and_messages(tmp_path: Path) -> None:
-    # The metadata says 16 MB: refused before a page is decompressed.
-    pq.write_table(pa.table({"text": ["x" * 2_000_000] * 8}), tmp_path / "long.parquet", compression="zstd",
+    # The metadata says 24 MB: refused before a page is decompressed.
+    pq.write_table(pa.table({"text": ["x" * 3_000_000] * 8}), tmp_path / "long.parquet", compression="zstd",
                    use_dictionary=False)
     with pytest.raises(DataFileError, match="decompressed \\(its metadata says") as info:
         read_table(tmp_path / "long.parquet", limits=LIMITS)
@@ -127,6 +127,9 @@ def test_parquet_caps_and_messages(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="decompressed \\(over 8388608 bytes"):
         profile_file(tmp_path / "rows.parquet", limits=LIMITS)
     assert pool.max_memory() - before < 32 * 1024 * 1024
+    # Under a large cap, a chunk that expands 30,000x is still refused before it is decompressed.
+    with pytest.raises(DataFileError, match=r"column 'text' \(row group 1\) expands from .* decompression bomb"):
+        read_table(tmp_path / "long.parquet", limits=Limits(max_rows=1000, max_uncompressed_bytes=2**40))
     write(tmp_path, "bad.parquet", b"PAR1 not parquet PAR1")
     with pytest.raises(DataFileError, match=r"bad\.parquet: not a readable Parquet file") as info:
         read_table(tmp_path / "bad.parquet", limits=LIMITS)
