@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        # A worker stops its training run once its last good heartbeat is older than the lease minus one
+        # heartbeat; with no room between the two it would stop every run at once.
+        if self.lease_seconds <= self.heartbeat_seconds:
+            raise ValueError(f"FTSERVE_LEASE_SECONDS ({self.lease_seconds:g}) must be longer than "
+                             f"FTSERVE_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), a few times over")
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

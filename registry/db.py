@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings, get_settings
 from registry import stamp
 
+log = logging.getLogger("ftserve.db")
+T = TypeVar("T")
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
@@ -96,3 +102,43 @@ def migrate(settings: Settings | None = None) -> None:
 def check_database(url: str | None = None) -> None:
     with get_engine(url).connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that can pass: the server restarting or unreachable, a dropped connection, a lock
+    timeout. Not an integrity or programming error, which would fail the same way again."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def in_session(fn: Callable[[Session], T], *, retry_for: float, what: str) -> T:
+    """Run `fn` in a transaction of its own, again while the database fails transiently, for up to `retry_for`
+    seconds; then the last error propagates.
+
+    `fn` must be safe to run twice: a commit whose reply was lost may have taken effect (the fenced writes in
+    registry/jobs are).
+    """
+    deadline = time.monotonic() + retry_for
+    delay = 0.1
+    failures = 0
+    while True:
+        try:
+            with session_scope() as s:
+                result = fn(s)
+            if failures:
+                log.info("%s: the database answered again after %d failed tries", what, failures)
+            return result
+        except DBAPIError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            failures += 1
+            if failures == 1:  # once per outage; the recovery line above closes it
+                log.warning("%s: database unavailable (%s); retrying for up to %.0fs", what,
+                            _first_line(exc), retry_for)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _first_line(exc: DBAPIError) -> str:
+    lines = str(exc.orig or exc).strip().splitlines()
+    return lines[0] if lines else type(exc.orig or exc).__name__

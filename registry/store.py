@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -44,6 +45,11 @@ class ArtifactStore:
     def checkpoints_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "checkpoints"
 
+    def attempt_checkpoints_dir(self, job_id: str, attempt: int) -> Path:
+        """Each attempt writes and rotates checkpoints in a folder of its own, so an attempt that lost the job
+        but still runs cannot delete what the next attempt resumes from."""
+        return self.checkpoints_dir(job_id) / f"attempt-{int(attempt)}"
+
     def model_dir(self, name: str) -> Path:
         if not MODEL_NAME.match(name):
             raise ValidationFailed(f"invalid model name '{name}'")
@@ -52,9 +58,16 @@ class ArtifactStore:
     def version_dir(self, name: str, version: int) -> Path:
         return self.model_dir(name) / str(int(version))
 
-    def staging_dir(self, name: str, job_id: str) -> Path:
-        """Where a version is written before the rename that publishes it."""
-        return self.model_dir(name) / f".tmp-{self._check_id(job_id)}"
+    def staging_dir(self, name: str, job_id: str, attempt: int) -> Path:
+        """Where an attempt writes its version before the rename that publishes it (one per attempt, so two
+        attempts of a job never write into the same folder)."""
+        return self.model_dir(name) / f".tmp-{self._check_id(job_id)}-{int(attempt)}"
+
+    def staging_dirs(self, name: str, job_id: str) -> list[Path]:
+        """Every attempt's staging folder of a job, e.g. leftovers of attempts whose worker was lost."""
+        folder = self.model_dir(name)
+        pattern = re.compile(rf"\.tmp-{re.escape(self._check_id(job_id))}-\d+")
+        return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name)) if folder.is_dir() else []
 
     def publish(self, staging: Path, name: str, version: int) -> Path:
         final = self.version_dir(name, version)
@@ -64,6 +77,25 @@ class ArtifactStore:
             shutil.rmtree(final)
         os.replace(staging, final)
         return final
+
+    def unpublish(self, name: str, version: int, staging: Path) -> None:
+        """Undo `publish` for a version whose row did not commit, so a retry can publish it again."""
+        os.replace(self.version_dir(name, version), staging)
+
+    def publish_lock_path(self, name: str) -> Path:
+        """A lock file held from publishing a version directory until its row is known to be committed or
+        not: no other job may replace `<name>/<version>` while that is undecided."""
+        folder = self.model_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / ".publish.lock"
+
+    @staticmethod
+    def link_tree(source: Path, target: Path) -> None:
+        """Copy a folder as hard links (instant, no extra space), or as real copies across filesystems.
+
+        Hard-linked files must never be written in place: replace them (write elsewhere, `os.replace`).
+        """
+        shutil.copytree(source, target, copy_function=_link_or_copy)
 
     def remove_tree(self, path: Path) -> None:
         path = self._inside(*path.resolve().relative_to(self.root).parts)
@@ -77,3 +109,12 @@ def safe_file_name(file_name: str) -> str:
     if not base or base.startswith("."):
         base = "upload" + base
     return base[:200]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copy2(source, target)

@@ -72,8 +72,11 @@ class Stack:
     def start_worker(self, name: str = "worker") -> None:
         self._spawn(name, "worker", "--concurrency", "1")
 
-    def __enter__(self) -> Stack:
+    def start_api(self) -> None:
         self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+
+    def __enter__(self) -> Stack:
+        self.start_api()
         for i in range(self.workers):
             self.start_worker("worker" if i == 0 else f"worker{i}")
         deadline = time.monotonic() + 90

@@ -1,11 +1,15 @@
-"""One training attempt, run as a child process of the Celery task (`python -m worker.child JOB WORKER`).
+"""One training attempt, run as a child process of the Celery task
+(`python -m worker.child JOB WORKER PARENT_PID ATTEMPT`).
 
-The child writes progress, events and the outcome to the job row. Its parent (worker.execute)
-supervises it: heartbeat, cancel escalation, maximum duration, and the outcome of a crash.
+The child writes progress, events and the outcome to the job row, each write fenced by its attempt (see
+registry/jobs.py): once the row belongs to another attempt, the next write raises `Superseded` and the child
+stops at once, writing nothing more. Its parent (worker.execute) supervises it: heartbeat, cancel escalation,
+maximum duration, and the outcome of a crash.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,10 +17,13 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.exc import IntegrityError
+from filelock import FileLock
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
 from core.cpus import size_torch_threads
 from core.errors import Conflict, UserError, ValidationFailed
@@ -24,73 +31,163 @@ from core.logging import setup_logging
 from core.settings import Settings, configure_environment, get_settings
 from registry import jobs as jobrepo
 from registry import versions
-from registry.db import session_scope
+from registry.db import in_session, is_transient, session_scope
+from registry.jobs import Fence, Superseded
 from registry.models import Dataset, ModelVersion
 from registry.store import ArtifactStore
 from training.spec import JobSpec
 from worker import failpoints
 
 log = logging.getLogger("ftserve.child")
+T = TypeVar("T")
+
+# Exit codes the supervisor reads: the attempt lost the job row / could not reach the database for a lease.
+# Either way the child wrote nothing more, and neither is the job's failure.
+EXIT_SUPERSEDED = 3
+EXIT_DB_UNAVAILABLE = 75
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_ATTEMPT = re.compile(r"attempt-(\d+)")
 
 
-def newest_checkpoint(directory: Path) -> Path | None:
+def complete_checkpoints(folder: Path) -> dict[int, Path]:
+    """step → checkpoint folder, for checkpoints the Trainer finished writing: it writes trainer_state.json
+    last, so one that parses and names the folder's step marks a complete checkpoint (a worker killed while
+    saving leaves none, or a truncated one)."""
+    found: dict[int, Path] = {}
+    if not folder.is_dir():
+        return found
+    for path in folder.iterdir():
+        m = _CHECKPOINT.fullmatch(path.name)
+        if m is None:
+            continue
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue  # not (yet) complete
+        if isinstance(state, dict) and state.get("global_step") == int(m.group(1)):
+            found[int(m.group(1))] = path
+    return found
+
+
+def newest_checkpoint(root: Path, *, before_attempt: int) -> Path | None:
+    """The newest complete checkpoint of any earlier attempt of a job (`root` is its checkpoints folder; a
+    checkpoint directly in it is one from before checkpoints had per-attempt folders)."""
+    folders = [root]
+    if root.is_dir():
+        folders += [p for p in root.iterdir()
+                    if (m := _ATTEMPT.fullmatch(p.name)) and int(m.group(1)) < before_attempt]
     best: tuple[int, Path] | None = None
-    if directory.is_dir():
-        for path in directory.iterdir():
-            m = re.fullmatch(r"checkpoint-(\d+)", path.name)
-            if m and (path / "trainer_state.json").exists() and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), path)
+    for folder in folders:
+        for step, path in complete_checkpoints(folder).items():
+            if best is None or step > best[0]:
+                best = (step, path)
     return best[1] if best else None
 
 
-class JobCallbacks:
-    """Training callbacks backed by the job row; writes are throttled."""
+def link_resume_point(store: ArtifactStore, *, job_id: str, attempt: int) -> Path | None:
+    """Hard-link the newest checkpoint of an earlier attempt (and the others of its folder, which hold the best
+    one) into this attempt's folder and return the linked copy to resume from.
 
-    def __init__(self, job_id: str, settings: Settings) -> None:
-        self.job_id = job_id
+    The earlier attempt may still be running somewhere, unaware that it lost the job: its checkpoint rotation
+    deletes from its own folder only, and a link keeps the files alive.
+    """
+    source = newest_checkpoint(store.checkpoints_dir(job_id), before_attempt=attempt)
+    if source is None:
+        return None
+    own = store.attempt_checkpoints_dir(job_id, attempt)
+    if own.exists():
+        shutil.rmtree(own)  # a half-linked copy left by this same attempt: attempts never share a number
+    own.mkdir(parents=True)
+    store.link_tree(source, own / source.name)
+    linked = {source.name}
+    for path in complete_checkpoints(source.parent).values():
+        if path.name in linked:
+            continue
+        try:
+            store.link_tree(path, own / path.name)
+            linked.add(path.name)
+        except (OSError, shutil.Error) as exc:
+            # Rotated away by the attempt that wrote it: the Trainer then ignores the best checkpoint it names.
+            log.warning("could not link checkpoint %s (%s); resuming without it", path.name, exc)
+            _remove(own / path.name)
+    for name in linked:
+        _retarget_best(own / name / "trainer_state.json", linked=linked, own=own)
+    return own / source.name
+
+
+def _retarget_best(state_file: Path, *, linked: set[str], own: Path) -> None:
+    """Point the resumed state's best checkpoint at this attempt's copy; the file is replaced, never written
+    in place, since it is a hard link shared with the earlier attempt."""
+    state = json.loads(state_file.read_text())
+    best = state.get("best_model_checkpoint")
+    if best is None:
+        return
+    name = Path(best).name
+    state["best_model_checkpoint"] = str(own / name) if name in linked else None
+    tmp = state_file.with_name(f".{state_file.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, state_file)
+
+
+def _remove(path: Path) -> None:
+    def report(_fn: Callable[..., Any], failed: str, exc_info: Any) -> None:
+        log.warning("could not remove %s: %s", failed, exc_info[1])
+
+    if path.exists():
+        shutil.rmtree(path, onerror=report)
+
+
+class JobCallbacks:
+    """Training callbacks backed by the job row; writes are throttled, fenced and retried while the database
+    is briefly away (the supervisor stops this process if it stays away longer than a lease)."""
+
+    def __init__(self, fence: Fence, settings: Settings) -> None:
+        self.fence = fence
+        self.job_id = fence.job_id
         self.settings = settings
         self._last_progress = 0.0
         self._last_stop_check = 0.0
         self._stop = False
+
+    def write(self, what: str, fn: Callable[[Session], T]) -> T:
+        return in_session(fn, retry_for=self.settings.lease_seconds, what=f"{what} of {self.fence}")
 
     def on_progress(self, progress: dict[str, Any]) -> None:
         now = time.monotonic()
         final = progress.get("step") == progress.get("total_steps")
         if final or now - self._last_progress >= self.settings.progress_interval_seconds:
             self._last_progress = now
-            with session_scope() as s:
-                jobrepo.set_progress(s, self.job_id, progress)
+            self.write("progress", lambda s: jobrepo.set_progress(s, self.job_id, progress, fence=self.fence))
 
     def on_event(self, type_: str, message: str, data: dict[str, Any]) -> None:
-        with session_scope() as s:
-            jobrepo.add_event(s, self.job_id, type_, message, data)
+        self.write(f"{type_} event", lambda s: jobrepo.add_event(s, self.job_id, type_, message, data,
+                                                                 fence=self.fence))
 
     def on_data(self, stats: dict[str, int]) -> None:
-        with session_scope() as s:
-            jobrepo.get_job(s, self.job_id).data_stats = stats
+        self.write("data stats", lambda s: jobrepo.set_data_stats(s, self.job_id, stats, fence=self.fence))
 
     def should_stop(self) -> bool:
+        """The cancel flag; also how a run that writes nothing for a while learns it lost the job."""
         now = time.monotonic()
         if not self._stop and now - self._last_stop_check >= 1.0:
             self._last_stop_check = now
-            with session_scope() as s:
-                self._stop = jobrepo.is_cancel_requested(s, self.job_id)
+            self._stop = self.write("cancel check", lambda s: jobrepo.is_cancel_requested(
+                s, self.job_id, fence=self.fence))
         return self._stop
 
 
-def _sources(spec: JobSpec, store: ArtifactStore) -> Any:
+def _sources(spec: JobSpec, store: ArtifactStore, callbacks: JobCallbacks) -> Any:
     from training.data import FileSource, HubSource
     from training.runner import TrainingData
 
     def source_for(ref: Any) -> tuple[Any, dict[str, Any]]:
         if ref.id is not None:
-            with session_scope() as s:
-                ds = s.get(Dataset, ref.id)
-                if ds is None:
-                    raise ValidationFailed(f"dataset '{ref.id}' no longer exists")
-                path = store.dataset_file(ds.id, ds.file_name)
-                return FileSource(path, ds.format, f"dataset {ds.id} ({ds.name})"), {
-                    "dataset_id": ds.id, "dataset_sha256": ds.sha256}
+            ds = callbacks.write("reading the dataset", lambda s: s.get(Dataset, ref.id))
+            if ds is None:
+                raise ValidationFailed(f"dataset '{ref.id}' no longer exists")
+            path = store.dataset_file(ds.id, ds.file_name)
+            return FileSource(path, ds.format, f"dataset {ds.id} ({ds.name})"), {
+                "dataset_id": ds.id, "dataset_sha256": ds.sha256}
         split = getattr(ref, "split", None) or "validation"
         return HubSource(ref.hub, ref.config, split), {"hub": {"name": ref.hub, "config": ref.config,
                                                                 "split": split}}
@@ -112,88 +209,162 @@ def _model_source(resolved: str, store: ArtifactStore) -> str:
     return str(store.version_dir(name, int(version)))
 
 
-def _register(job_id: str, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path) -> int:
+def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
+              retry_for: float) -> int:
+    """Publish the staged version and register it, in one transaction that holds the fence from its first
+    statement: a stale attempt publishes and registers nothing.
+
+    The directory is renamed into place before the commit (a committed row always has its files). If the
+    commit fails the rename is undone, under a lock per model name so that no other job re-uses the number
+    meanwhile; if it is unknown whether the commit took effect, the row says.
+    """
     from training import model_card
 
-    for _ in range(5):
-        try:
-            with session_scope() as s:
-                job = jobrepo.get_job(s, job_id)
-                versions.ensure_model(s, name=spec.model_name, task=spec.task, owner=job.owner)
-                version = versions.next_version(s, spec.model_name)
-                data = result.training_params.get("data", {})
-                mv = ModelVersion(
-                    name=spec.model_name, version=version, task=spec.task, owner=job.owner, job_id=job_id,
-                    base_model=spec.base_model, base_model_resolved=job.base_model_resolved or "",
-                    dataset_id=data.get("dataset_id"), dataset_sha256=data.get("dataset_sha256"),
-                    dataset_hub=data.get("hub"), hyperparameters=spec.hyperparameters,
-                    metrics=result.metrics, path=str(store.version_dir(spec.model_name, version)),
-                )
-                s.add(mv)
-                s.flush()  # takes the (name, version) key before the directory is published
-                (staging / "README.md").write_text(model_card.render(
-                    name=spec.model_name, version=version, task=spec.task,
-                    params=result.training_params, metrics=result.metrics))
-                store.publish(staging, spec.model_name, version)
-                jobrepo.finish(s, job_id, status=jobrepo.SUCCEEDED, metrics=result.metrics, model_version=version)
+    name = spec.model_name
+    deadline = time.monotonic() + retry_for
+    collisions = 0
+    delay = 0.1
+    while True:
+        version: int | None = None
+        published = committing = False
+        with FileLock(str(store.publish_lock_path(name)), timeout=max(60.0, retry_for)):
+            try:
+                with session_scope() as s:
+                    jobrepo.hold(s, fence)
+                    job = jobrepo.get_job(s, fence.job_id)
+                    versions.ensure_model(s, name=name, task=spec.task, owner=job.owner)
+                    # ensure_model rolls the transaction back when another job created the name first.
+                    jobrepo.hold(s, fence)
+                    version = versions.next_version(s, name)
+                    data = result.training_params.get("data", {})
+                    s.add(ModelVersion(
+                        name=name, version=version, task=spec.task, owner=job.owner, job_id=fence.job_id,
+                        base_model=spec.base_model, base_model_resolved=job.base_model_resolved or "",
+                        dataset_id=data.get("dataset_id"), dataset_sha256=data.get("dataset_sha256"),
+                        dataset_hub=data.get("hub"), hyperparameters=spec.hyperparameters,
+                        metrics=result.metrics, path=str(store.version_dir(name, version)),
+                    ))
+                    s.flush()  # takes the (name, version) key before the directory is published
+                    (staging / "README.md").write_text(model_card.render(
+                        name=name, version=version, task=spec.task, params=result.training_params,
+                        metrics=result.metrics))
+                    store.publish(staging, name, version)
+                    published = True
+                    jobrepo.finish(s, fence.job_id, fence=fence, status=jobrepo.SUCCEEDED,
+                                   metrics=result.metrics, model_version=version)
+                    committing = True
                 return version
-        except IntegrityError:
-            log.info("version number taken by a concurrent job; retrying")
-    raise RuntimeError("could not allocate a model version after 5 tries")
+            except BaseException as exc:
+                if published and version is not None:
+                    if committing and isinstance(exc, DBAPIError) and _registered(fence, version, retry_for):
+                        return version
+                    store.unpublish(name, version, staging)
+                if isinstance(exc, IntegrityError) and not committing and collisions < 5:
+                    collisions += 1
+                    log.info("version %s of %s taken by a concurrent job; retrying", version, name)
+                    continue
+                if not (isinstance(exc, DBAPIError) and is_transient(exc) and time.monotonic() < deadline):
+                    raise
+                log.warning("registering %s: database unavailable (%s); retrying", fence, exc.orig)
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
 
 
-def run_attempt(job_id: str, worker_id: str, settings: Settings) -> None:
-    from training.runner import Cancelled, run
+def _registered(fence: Fence, version: int, retry_for: float) -> bool:
+    """Whether a commit whose reply was lost registered `version` for this attempt."""
+    def read(s: Session) -> bool:
+        job = jobrepo.get_job(s, fence.job_id)
+        return (job.status, job.model_version, job.worker_id, job.attempt) == (
+            jobrepo.SUCCEEDED, version, fence.worker_id, fence.attempt)
 
-    store = ArtifactStore(settings.data_dir)
-    callbacks = JobCallbacks(job_id, settings)
-    with session_scope() as s:
-        job = jobrepo.get_job(s, job_id)
+    return in_session(read, retry_for=retry_for, what=f"checking the registration of {fence}")
+
+
+def _read_job(fence: Fence) -> Callable[[Session], tuple[JobSpec, str]]:
+    def read(s: Session) -> tuple[JobSpec, str]:
+        job = jobrepo.get_job(s, fence.job_id)
+        if (job.worker_id, job.attempt) != (fence.worker_id, fence.attempt) or job.status not in jobrepo.LIVE:
+            raise Superseded(fence)
         spec = JobSpec.model_validate(job.spec)
-        resolved = job.base_model_resolved or f"hub:{spec.base_model}"
-        attempt = job.attempt
-    checkpoints = store.checkpoints_dir(job_id)
-    resume_from = newest_checkpoint(checkpoints)
-    if resume_from is not None:
-        step = int(resume_from.name.split("-")[1])
-        callbacks.on_event("status", f"attempt {attempt} resumes from step {step}",
-                           {"status": "running", "resumed_from_step": step, "attempt": attempt})
-    else:
-        callbacks.on_event("status", f"attempt {attempt} started", {"status": "running", "attempt": attempt})
-    staging = store.staging_dir(spec.model_name, job_id)
+        return spec, job.base_model_resolved or f"hub:{spec.base_model}"
+
+    return read
+
+
+def run_attempt(fence: Fence, settings: Settings) -> int:
+    """Run the attempt and write its outcome; returns the process's exit code."""
+    store = ArtifactStore(settings.data_dir)
+    callbacks = JobCallbacks(fence, settings)
+    job_id, attempt = fence.job_id, fence.attempt
     try:
+        spec, resolved = callbacks.write("reading the job", _read_job(fence))
+    except Superseded as exc:
+        log.warning("%s; not starting", exc)
+        return EXIT_SUPERSEDED
+    from training.runner import Cancelled, run  # torch: only for an attempt that owns its job
+    staging = store.staging_dir(spec.model_name, job_id, attempt)
+    outcome: dict[str, Any]
+    try:
+        resume_from = link_resume_point(store, job_id=job_id, attempt=attempt)
+        if resume_from is not None:
+            step = int(resume_from.name.split("-")[1])
+            callbacks.on_event("status", f"attempt {attempt} resumes from step {step}",
+                               {"status": "running", "resumed_from_step": step, "attempt": attempt})
+        else:
+            callbacks.on_event("status", f"attempt {attempt} started", {"status": "running", "attempt": attempt})
         if staging.exists():
             shutil.rmtree(staging)
-        data = _sources(spec, store)
-        failpoints.hit(settings.failpoints, "before_train", model_name=spec.model_name)
+        data = _sources(spec, store, callbacks)
+        failpoints.hit(settings.failpoints, "before_train", model_name=spec.model_name, attempt=attempt,
+                       data_dir=settings.data_dir)
         result = run(
             spec, data=data, model_source=_model_source(resolved, store), base_model_resolved=resolved,
-            out_dir=staging, checkpoints_dir=checkpoints, on_progress=callbacks.on_progress,
-            on_event=callbacks.on_event, should_stop=callbacks.should_stop, resume_from=resume_from,
-            on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
+            out_dir=staging, checkpoints_dir=store.attempt_checkpoints_dir(job_id, attempt),
+            on_progress=callbacks.on_progress, on_event=callbacks.on_event, should_stop=callbacks.should_stop,
+            resume_from=resume_from, on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
         )
-        version = _register(job_id, spec, result, store, staging)
+        version = _register(fence, spec=spec, result=result, store=store, staging=staging,
+                            retry_for=settings.lease_seconds)
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        _clean_up(store, job_id=job_id, model_name=spec.model_name)
+        return 0
+    except Superseded as exc:
+        log.warning("%s; stopping without writing anything else", exc)
+        return EXIT_SUPERSEDED
     except Cancelled:
-        with session_scope() as s:
-            jobrepo.finish(s, job_id, status=jobrepo.CANCELLED)
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        outcome = {"status": jobrepo.CANCELLED}
     except (UserError, ValidationFailed, Conflict) as exc:
         log.info("job %s failed (user): %s", job_id, exc.message)
-        with session_scope() as s:
-            jobrepo.finish(s, job_id, status=jobrepo.FAILED, error_type="user", error_message=exc.message)
+        outcome = {"status": jobrepo.FAILED, "error_type": "user", "error_message": exc.message}
     except Exception as exc:
+        if isinstance(exc, DBAPIError) and is_transient(exc):
+            # The job could go on; failing it would blame the user's job for our database. The supervisor
+            # gives the attempt back to the queue.
+            log.error("%s: the database stayed unavailable for %.0fs (%s); stopping this attempt without "
+                      "writing", fence, settings.lease_seconds, exc.orig)
+            return EXIT_DB_UNAVAILABLE
         log.exception("job %s failed (system)", job_id)
         message = f"{type(exc).__name__}: {exc}"
         if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             message = f"out of memory ({message}); lower batch_size or max_length"
-        with session_scope() as s:
-            jobrepo.finish(s, job_id, status=jobrepo.FAILED, error_type="system",
-                           error_message=message[:4000])
+        outcome = {"status": jobrepo.FAILED, "error_type": "system", "error_message": message[:4000]}
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
+    try:
+        callbacks.write("the outcome", lambda s: jobrepo.finish(s, job_id, fence=fence, **outcome))
+    except Superseded as exc:
+        log.warning("%s; its outcome (%s) is not written", exc, outcome["status"])
+        return EXIT_SUPERSEDED
+    if outcome["status"] == jobrepo.CANCELLED:
+        _clean_up(store, job_id=job_id, model_name=spec.model_name)
+    return 0
+
+
+def _clean_up(store: ArtifactStore, *, job_id: str, model_name: str) -> None:
+    """A finished job needs no checkpoints, nor the staging folders its lost attempts left behind."""
+    _remove(store.checkpoints_dir(job_id))
+    for leftover in store.staging_dirs(model_name, job_id):
+        _remove(leftover)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -214,15 +385,19 @@ def main(argv: list[str]) -> int:
     setup_logging()
     settings = configure_environment(get_settings())
     size_torch_threads(settings.torch_threads)
-    job_id, worker_id = argv[0], argv[1]
+    fence = Fence(job_id=argv[0], worker_id=argv[1], attempt=int(argv[3]))
     try:
-        run_attempt(job_id, worker_id, settings)
+        return run_attempt(fence, settings)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        # Writing the outcome failed too; the supervisor gives the attempt back.
+        log.error("%s: the database stayed unavailable (%s); exiting without writing", fence, exc.orig)
+        return EXIT_DB_UNAVAILABLE
     except Exception:
-        # Only reached when even writing the failure failed (e.g. the database is gone); the parent
-        # sees the exit code and records the failure.
+        # Only reached when writing the failure failed; the parent sees the exit code and records it.
         traceback.print_exc()
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120, every
 
 
 def newest_checkpoint(directory: Path) -> int | None:
-    steps = [int(m.group(1)) for p in directory.glob("checkpoint-*")
+    """The newest complete checkpoint in any attempt's folder of a job's `checkpoints/`."""
+    steps = [int(m.group(1)) for p in directory.glob("attempt-*/checkpoint-*")
              if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").exists()]
     return max(steps, default=None)
 
