@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import Settings, get_settings
 from inference.service import InferenceService
+from registry.access import Viewer
 from registry.db import session_scope
 from registry.store import ArtifactStore
 
@@ -21,6 +22,11 @@ def _session() -> Iterator[Session]:
 
 def _owner(request: Request) -> str:
     return getattr(request.state, "owner", "default")
+
+
+def _viewer(request: Request) -> Viewer:
+    """The caller as the registry sees it (set by api.auth.ApiKeyMiddleware)."""
+    return Viewer(getattr(request.state, "owner", "default"), admin=getattr(request.state, "admin", False))
 
 
 def _store(settings: Annotated[Settings, Depends(get_settings)]) -> ArtifactStore:
@@ -36,5 +42,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 # reads its own write right after (upload, then POST /jobs) always sees it.
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 OwnerDep = Annotated[str, Depends(_owner)]
+ViewerDep = Annotated[Viewer, Depends(_viewer)]
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
 InferenceDep = Annotated[InferenceService, Depends(_inference)]

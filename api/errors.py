@@ -15,6 +15,7 @@ ERROR_TABLE: dict[type[e.FtserveError], tuple[int, str]] = {
     e.ValidationFailed: (422, "validation_error"),
     e.UserError: (422, "validation_error"),
     e.Unauthorized: (401, "unauthorized"),
+    e.Forbidden: (403, "forbidden"),
     e.NotFound: (404, "not_found"),
     e.Conflict: (409, "conflict"),
     e.PayloadTooLarge: (413, "payload_too_large"),
@@ -23,7 +24,7 @@ ERROR_TABLE: dict[type[e.FtserveError], tuple[int, str]] = {
     e.DeadlineExceeded: (504, "timeout"),
     e.ClientLeft: (499, "client_closed_request"),
 }
-_BY_STATUS = {401: "unauthorized", 404: "not_found", 405: "validation_error", 409: "conflict",
+_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "validation_error", 409: "conflict",
               413: "payload_too_large", 422: "validation_error", 429: "rate_limited", 503: "not_ready",
               504: "timeout"}
 

@@ -13,6 +13,7 @@ from api import errors
 from api.auth import ApiKeyMiddleware
 from api.limits import BodyLimitMiddleware
 from api.routes import datasets, jobs, models, predict, service
+from api.streams import EventHub, StreamSlots
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
 
@@ -40,11 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Fine-tune Hugging Face models over REST and serve them at once.")
     app.state.settings = settings
     app.state.inference = InferenceService(settings)
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
+    app.state.event_hub = EventHub(jobs.read_events)
     errors.install(app)
     for module in (service, datasets, jobs, models, predict):
         app.include_router(module.router)
     # Added last, runs first: a request without a valid key is refused before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_map)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_map, admins=settings.admin_names)
     return app

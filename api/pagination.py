@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_
@@ -13,11 +14,13 @@ T = TypeVar("T")
 
 
 def paginate(
-    session: Session, stmt: Select[Any], model: Any, *, after: str | None, limit: int
+    session: Session, stmt: Select[Any], model: Any, *, after: str | None, limit: int,
+    visible: Callable[[Any], bool] = lambda _: True,
 ) -> tuple[list[Any], bool]:
+    """`visible` says whether the caller may see the cursor row: another owner's id is an unknown cursor."""
     if after is not None:
         cursor = session.get(model, after)
-        if cursor is None:
+        if cursor is None or not visible(cursor):
             raise NotFound(f"cursor '{after}' not found")
         stmt = stmt.where(or_(model.created_at < cursor.created_at,
                               and_(model.created_at == cursor.created_at, model.id < cursor.id)))

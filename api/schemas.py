@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -77,7 +77,7 @@ def version_out(mv: ModelVersion) -> dict[str, Any]:
 
 
 def model_out(model: RegisteredModel, *, latest: ModelVersion | None, aliases: dict[str, int]) -> dict[str, Any]:
-    return {"name": model.name, "task": model.task, "owner": model.owner,
+    return {"name": model.name, "task": model.task, "owner": model.owner, "visibility": model.visibility,
             "latest_version": latest.version if latest else None, "aliases": aliases,
             "latest": version_out(latest) if latest else None, "created_at": iso(model.created_at)}
 
@@ -96,10 +96,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Bounds of predict fields (texts and their count are bounded by settings, checked in api/routes/predict.py).
+MAX_REF_CHARS = 200  # a ref is at most a 64-character name, ':' or '@', and a version or alias
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
+ModelRef = Annotated[str | None, Field(min_length=1, max_length=MAX_REF_CHARS)]
+
+
 class ClassifyRequest(_Body):
-    model: str | None = None
+    model: ModelRef = None
     inputs: list[str] | str
-    top_k: int | None = Field(default=1, ge=1)
+    top_k: int | None = Field(default=1, ge=1, le=100_000)
 
     @field_validator("inputs")
     @classmethod
@@ -113,7 +119,7 @@ class QAItem(_Body):
 
 
 class AnswerRequest(_Body):
-    model: str | None = None
+    model: ModelRef = None
     question: str | None = Field(default=None, min_length=1)
     context: str | None = Field(default=None, min_length=1)
     inputs: list[QAItem] | None = None
@@ -131,13 +137,13 @@ class AnswerRequest(_Body):
 
 
 class SummarizeRequest(_Body):
-    model: str | None = None
+    model: ModelRef = None
     inputs: list[str] | str
     max_new_tokens: int = Field(default=64, ge=1)
     min_new_tokens: int = Field(default=0, ge=0)
     num_beams: int = Field(default=4, ge=1)
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = Field(default=3, ge=0)
+    length_penalty: float = Field(default=1.0, ge=-10, le=10)
+    no_repeat_ngram_size: int = Field(default=3, ge=0, le=64)
 
     @field_validator("inputs")
     @classmethod
@@ -146,18 +152,19 @@ class SummarizeRequest(_Body):
 
 
 class GenerateRequest(_Body):
-    model: str | None = None
+    model: ModelRef = None
     prompt: str | None = None
     inputs: list[str] | None = None
     max_new_tokens: int = Field(default=64, ge=1)
     min_new_tokens: int = Field(default=0, ge=0)
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0)
+    # Logits are divided by the temperature: far below 0.01 they overflow to inf and sampling gets NaNs.
+    temperature: float = Field(default=1.0, ge=0.01, le=100)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=50, ge=0)
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    seed: int | None = Field(default=None, ge=0)
-    stop: list[str] | None = None
+    top_k: int = Field(default=50, ge=0, le=1_000_000)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=100)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]] | None = Field(default=None, max_length=MAX_STOPS)
     stream: bool = False
 
     def prompts(self) -> list[str]:

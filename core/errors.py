@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"/:]+/)+([^\s'\"/:]+)")
+
+
+def scrub_paths(message: str, path: Path | None = None) -> str:
+    """Messages name a file by its name only, never by where the server keeps it (`/srv/data/models/x/1/config.json`
+    → `config.json`): an error a user reads must not map the server's disk."""
+    if path is not None:
+        message = message.replace(str(path), path.name).replace(str(path.parent) + "/", "")
+    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 class FtserveError(Exception):
@@ -26,6 +38,10 @@ class Conflict(FtserveError):
 
 class Unauthorized(FtserveError):
     """Missing or wrong API key (401)."""
+
+
+class Forbidden(FtserveError):
+    """The caller may see the resource but not do this to it, e.g. change another owner's shared model (403)."""
 
 
 class PayloadTooLarge(FtserveError):

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
         description="Most bytes a dataset may take once decompressed (Parquet pages; 422).")
     max_streams_per_key: int = Field(
         default=16, ge=1, description="Open event streams and streamed generations per API key (429 beyond).")
+    max_streams_per_model: int = Field(
+        default=4, ge=1, description="Streamed generations running at once per loaded model (the rest queue).")
     max_active_jobs_per_owner: int = Field(
         default=50, ge=1, description="Queued + running jobs per owner (429 beyond).")
     max_job_seconds: float = 24 * 3600.0

@@ -188,5 +188,12 @@ class Batcher:
             for request in batch:
                 end = start + len(request.items)
                 if not request.future.done():
-                    request.future.set_result(list(results[start:end]))
+                    # An item's result may be the exception that fails it alone (e.g. a prompt past the model's
+                    # context), so one bad input does not fail the requests it was batched with.
+                    chunk = list(results[start:end])
+                    error = next((r for r in chunk if isinstance(r, BaseException)), None)
+                    if error is not None:
+                        request.future.set_exception(error)
+                    else:
+                        request.future.set_result(chunk)
                 start = end

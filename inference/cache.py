@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import DeadlineExceeded, NotReady
+from core.errors import DeadlineExceeded, NotReady, scrub_paths
 from inference import metrics
 
 log = logging.getLogger("ftserve.inference")
@@ -108,7 +108,8 @@ class ModelCache:
                     self._cond.notify_all()
                 if isinstance(exc, Exception):
                     log.exception("loading %s from %s failed", key, path)
-                    raise NotReady(f"model {key} could not be loaded ({type(exc).__name__}: {str(exc)[:200]}); "
+                    raise NotReady(f"model {key} could not be loaded ({type(exc).__name__}: "
+                                   f"{scrub_paths(str(exc))[:200]}); "
                                    "its files may be damaged: re-register it or use another version") from exc
                 raise
             elapsed = time.perf_counter() - t0

@@ -17,7 +17,9 @@ from core.settings import Settings
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
+from inference.streaming import StreamGate, Ticket, TokenSink, run_stream
 from registry import stamp, versions
+from registry.access import EVERYONE, Viewer
 from registry.db import session_scope
 
 _RESOLVED_MAX = 4096
@@ -80,10 +82,12 @@ class InferenceService:
         # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
         # waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
         self._executors: dict[str, ThreadPoolExecutor] = {}
-        # (ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py).
-        self._resolved: dict[tuple[str | None, str], Resolved] = {}
+        # (viewer, ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py):
+        # per viewer, because a bare name or no name at all resolves among the caller's models.
+        self._resolved: dict[tuple[Viewer, str | None, str], Resolved] = {}
         self._stamp: stamp.Stamp = None
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
+        self._streams: dict[str, StreamGate] = {}
 
     def warm_up(self) -> None:
         """Import the ML stack and load `settings.warm_models`, so first requests do not pay for either."""
@@ -103,9 +107,9 @@ class InferenceService:
             mv = versions.resolve(s, ref)
             return Resolved(mv.name, mv.version, mv.task, mv.path)
 
-    def resolve(self, ref: str | None, task: str) -> Resolved:
+    def resolve(self, ref: str | None, task: str, viewer: Viewer = EVERYONE) -> Resolved:
         with session_scope() as s:
-            mv = versions.resolve_for_task(s, ref, task)
+            mv = versions.resolve_for_task(s, ref, task, viewer)
             return Resolved(mv.name, mv.version, mv.task, mv.path)
 
     def _call(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -122,50 +126,53 @@ class InferenceService:
             if executor is not None:
                 executor.shutdown(wait=False)
 
-    async def resolve_async(self, ref: str | None, task: str) -> Resolved:
-        """`resolve`, answered from memory while no version or alias changed since (one `stat` per call)."""
+    async def resolve_async(self, ref: str | None, task: str, viewer: Viewer = EVERYONE) -> Resolved:
+        """`resolve`, answered from memory while no version, alias or visibility changed since (one `stat` per
+        call)."""
         now = stamp.read_stamp(self.settings.data_dir)
         if now != self._stamp:
             self._resolved.clear()
             self._stamp = now
-        key = (ref, task)
+        key = (viewer, ref, task)
         hit = self._resolved.get(key)
         if hit is not None:
             return hit
-        resolved = await anyio.to_thread.run_sync(self.resolve, ref, task)
+        resolved = await anyio.to_thread.run_sync(self.resolve, ref, task, viewer)
         if self._stamp == now:  # else the registry changed while this query ran: do not keep its answer
             if len(self._resolved) >= _RESOLVED_MAX:
                 self._resolved.clear()
             self._resolved[key] = resolved
         return resolved
 
-    async def stream(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Iterate a predictor's synchronous generator without blocking the event loop.
-
-        When the consumer stops early (the client disconnected), the generator is closed, which stops its
-        generation at the next token; the predictor reports how far it got through `on_cancel`.
-        """
-        predictor = await anyio.to_thread.run_sync(lambda: self.cache.acquire(
-            resolved.ref, task=resolved.task, path=resolved.path, timeout=self.settings.request_timeout_seconds))
+    async def open_stream(self, resolved: Resolved, prompt: str, *,
+                          is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                          **params: Any) -> AsyncIterator[dict[str, Any]]:
+        """Admit one streamed generation to `resolved`'s queue, or raise (before anything is sent): RateLimited
+        when the queue is full, ValidationFailed for a prompt past the model's context. Returns the stream of
+        {"text"} chunks and the final {"done"}; see inference/streaming.py."""
+        timeout = self.settings.request_timeout_seconds
+        await anyio.to_thread.run_sync(lambda: self._call(resolved, "check_prompts", [prompt],
+                                                          max_new_tokens=params.get("max_new_tokens", 64)))
+        gate = self._streams.get(resolved.ref)
+        if gate is None:
+            gate = self._streams[resolved.ref] = StreamGate(
+                model=resolved.ref, running=self.settings.max_streams_per_model,
+                on_idle=lambda: self._streams.pop(resolved.ref, None))
+        queued = sum(b.depth for k, b in self._batchers.items() if k[0] == resolved.ref)
+        ticket = gate.admit(queued_elsewhere=queued, max_queue=self.settings.max_queue_items)
 
         def on_cancel(tokens: int) -> None:
             GENERATIONS_CANCELLED.labels(model=resolved.ref).inc()
             GENERATION_TOKENS_CANCELLED.labels(model=resolved.ref).inc(tokens)
             log.info("generation cancelled: the client went away after %d new tokens (max_new_tokens %s, model %s)",
-                     tokens, kwargs.get("max_new_tokens"), resolved.ref)
+                     tokens, params.get("max_new_tokens"), resolved.ref)
 
-        iterator = None
-        done = object()
-        try:
-            iterator = getattr(predictor, method)(*args, on_cancel=on_cancel, **kwargs)
-            while (item := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
-                yield item
-        finally:
-            # Closing joins the generation thread: off the loop, and shielded so a cancelled request still does it.
-            with anyio.CancelScope(shield=True):
-                if iterator is not None:
-                    await anyio.to_thread.run_sync(iterator.close)
-                self.cache.release(resolved.ref)
+        def generate(sink: TokenSink) -> None:
+            with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout) as predictor:
+                predictor.stream_into(prompt, sink, on_cancel=on_cancel, **params)
+
+        return Ticketed(run_stream(ticket, generate, stops=params.get("stop"), timeout=timeout,
+                                   is_disconnected=is_disconnected), ticket)
 
     def _batcher(self, resolved: Resolved, method: str, params: dict[str, Any]) -> Batcher:
         """One batcher per model version, method and parameters: only requests that can share a call do."""
@@ -186,13 +193,30 @@ class InferenceService:
             self._batchers[key] = batcher
         return batcher
 
-    async def run(self, ref: str | None, task: str, method: str, items: list[Any], *,
+    async def run(self, resolved: Resolved, method: str, items: list[Any], *,
                   is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
-                  **params: Any) -> tuple[str, list[Any]]:
-        """Resolve `ref` now (an alias moved later does not affect this request) and run `items` through the
-        model's batcher; returns (the version's ref, one result per item)."""
-        resolved = await self.resolve_async(ref, task)
+                  **params: Any) -> list[Any]:
+        """Run `items` through the batcher of `resolved` (resolved once, before: an alias moved later does not
+        affect this request); one result per item."""
         batcher = self._batcher(resolved, method, params)
-        results = await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
-                                       is_disconnected=is_disconnected)
-        return resolved.ref, results
+        return await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
+                                    is_disconnected=is_disconnected)
+
+
+class Ticketed:
+    """A stream and its admission ticket: closing the one gives back the other even if it never started."""
+
+    def __init__(self, stream: AsyncIterator[dict[str, Any]], ticket: Ticket) -> None:
+        self._stream, self._ticket = stream, ticket
+
+    def __aiter__(self) -> Ticketed:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._ticket.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ValidationFailed
+from core.errors import ValidationFailed, scrub_paths
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -433,16 +433,6 @@ def _too_many_rows(limits: Limits, count: int | None = None) -> str:
 def _too_big(limits: Limits, how: str) -> str:
     return (f"the data is over the limit of {limits.max_uncompressed_bytes} bytes decompressed ({how}; "
             "FTSERVE_MAX_DATASET_UNCOMPRESSED_BYTES)")
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s'\"/:]+/)+([^\s'\"/:]+)")
-
-
-def scrub_paths(message: str, path: Path | None = None) -> str:
-    """Messages name a file by its name only, never by where the server keeps it."""
-    if path is not None:
-        message = message.replace(str(path), path.name).replace(str(path.parent) + "/", "")
-    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 _READERS: dict[str, Callable[[Path, Limits], Iterator[dict[str, Any]]]] = {

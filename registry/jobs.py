@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, NotFound
+from registry.access import EVERYONE, Viewer
 from registry.models import Job, JobEvent, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CANCELLING = (
@@ -79,12 +80,13 @@ def hold(session: Session, fence: Fence) -> None:
         raise Superseded(fence)
 
 
-def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+def get_job(session: Session, job_id: str, *, for_update: bool = False, viewer: Viewer = EVERYONE) -> Job:
+    """The job, if `viewer` owns it: another owner's job is as unknown as a made-up id."""
     stmt = select(Job).where(Job.id == job_id)
     if for_update:
         stmt = stmt.with_for_update()
     job = session.scalars(stmt).first()
-    if job is None:
+    if job is None or not viewer.owns(job.owner):
         raise NotFound(f"job '{job_id}' not found")
     return job
 
@@ -205,8 +207,8 @@ def finish(
     add_event(session, job_id, "status", error_message or f"job {status}", data)
 
 
-def request_cancel(session: Session, job_id: str) -> Job:
-    job = get_job(session, job_id, for_update=True)
+def request_cancel(session: Session, job_id: str, *, viewer: Viewer = EVERYONE) -> Job:
+    job = get_job(session, job_id, for_update=True, viewer=viewer)
     if job.status in (SUCCEEDED, FAILED):
         raise Conflict(f"job '{job_id}' already {job.status}; only queued or running jobs can be cancelled")
     if job.status in (CANCELLED, CANCELLING):
@@ -237,6 +239,11 @@ def is_cancel_requested(session: Session, job_id: str, *, fence: Fence | None = 
     if flag is None:
         raise Superseded(fence)
     return bool(flag)
+
+
+def active_jobs_of(session: Session, owner: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner,
+                                                                          Job.status.in_(ACTIVE))) or 0)
 
 
 def queue_position(session: Session, job: Job) -> int | None:

@@ -5,7 +5,8 @@ process that shares the data dir — the API that moves an alias, the worker tha
 the file after its transaction commits, so the next request everywhere resolves again. Every predict request
 resolving in the database instead cost a quarter of the API's CPU samples under load.
 
-A session marks itself when it flushes a `ModelVersion` or `ModelAlias` change; the file is replaced after the
+A session marks itself when it flushes a `ModelVersion`, `ModelAlias` or `RegisteredModel` change (a model's
+visibility decides who may resolve it); the file is replaced after the
 commit (replacing it before would let a reader cache the old value under the new stamp).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from registry.models import ModelAlias, ModelVersion
+from registry.models import ModelAlias, ModelVersion, RegisteredModel
 
 FILE_NAME = "registry.stamp"
 STAMP_DIR = "registry_stamp_dir"  # session.info key: where this session's commits stamp
@@ -48,8 +49,11 @@ def bump(data_dir: Path) -> None:
 
 @event.listens_for(Session, "after_flush")
 def _mark(session: Session, _flush_context: Any) -> None:
-    if STAMP_DIR in session.info and any(
+    if (STAMP_DIR in session.info and any(
         isinstance(obj, ModelVersion | ModelAlias) for obj in chain(session.new, session.dirty, session.deleted)
+    )) or any(
+        # A new model has no version to resolve to yet; a changed (visibility) or deleted one changes who may.
+        isinstance(obj, RegisteredModel) for obj in chain(session.dirty, session.deleted)
     ):
         session.info[_CHANGED] = True
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from core.errors import Conflict, NotFound, ValidationFailed
+from registry.access import EVERYONE, Viewer
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d+)|@(?P<alias>[a-z0-9][a-z0-9._-]{0,63}))?$")
@@ -37,14 +38,29 @@ def parse_ref(ref: str) -> ParsedRef | None:
     return ParsedRef(m.group("name"), int(version) if version else None, m.group("alias"))
 
 
-def get_model(session: Session, name: str) -> RegisteredModel | None:
-    return session.get(RegisteredModel, name)
+def get_model(session: Session, name: str, viewer: Viewer = EVERYONE) -> RegisteredModel | None:
+    """The model of that name if `viewer` may use it (own, shared, or admin), else None."""
+    model = session.get(RegisteredModel, name)
+    return model if model is not None and viewer.can_use(model) else None
 
 
-def ensure_model(session: Session, *, name: str, task: str, owner: str) -> RegisteredModel:
+def check_name_free(session: Session, *, name: str, task: str, viewer: Viewer) -> None:
+    """A new version of `name` for a `task` job of `viewer`: the name must be free, or theirs and of that task.
+
+    Model names are one namespace: a name another owner holds is taken, shared or not."""
     model = session.get(RegisteredModel, name)
     if model is None:
-        model = RegisteredModel(name=name, task=task, owner=owner)
+        return
+    if not viewer.owns(model.owner):
+        raise Conflict(f"model name '{name}' is taken by another owner; choose another model_name")
+    if model.task != task:
+        raise Conflict(f"model name '{name}' is already used by a {model.task} model; choose another model_name")
+
+
+def ensure_model(session: Session, *, name: str, task: str, viewer: Viewer) -> RegisteredModel:
+    model = session.get(RegisteredModel, name)
+    if model is None:
+        model = RegisteredModel(name=name, task=task, owner=viewer.owner)
         session.add(model)
         try:
             session.flush()
@@ -53,8 +69,7 @@ def ensure_model(session: Session, *, name: str, task: str, owner: str) -> Regis
             model = session.get(RegisteredModel, name)
             if model is None:
                 raise
-    if model.task != task:
-        raise Conflict(f"model name '{name}' is already used by a {model.task} model; choose another model_name")
+    check_name_free(session, name=name, task=task, viewer=viewer)
     return model
 
 
@@ -79,19 +94,22 @@ def _version_number(parsed: ParsedRef) -> Any:
                          select(func.max(newest.version)).where(newest.name == parsed.name).scalar_subquery())
 
 
-def resolve(session: Session, ref: str) -> ModelVersion:
-    """A model ref → the version it names now. Unknown → NotFound naming it.
+def resolve(session: Session, ref: str, viewer: Viewer = EVERYONE) -> ModelVersion:
+    """A model ref → the version it names now, among the models `viewer` may use. Unknown → NotFound naming it
+    (another owner's private model is unknown too).
 
     One query on the path every predict request takes; the lookups that explain a miss run only on a miss.
     """
     parsed = parse_ref(ref)
     if parsed is None:
         raise NotFound(f"model '{ref}' not found (refs look like name, name:3 or name@alias)")
-    found = session.scalars(select(ModelVersion).where(
-        ModelVersion.name == parsed.name, ModelVersion.version == _version_number(parsed))).first()
+    found = session.scalars(
+        select(ModelVersion).join(RegisteredModel, RegisteredModel.name == ModelVersion.name)
+        .where(ModelVersion.name == parsed.name, ModelVersion.version == _version_number(parsed),
+               viewer.usable_models())).first()
     if found is not None:
         return found
-    if get_model(session, parsed.name) is None:
+    if get_model(session, parsed.name, viewer) is None:
         raise NotFound(f"model '{parsed.name}' not found")
     version = parsed.version
     if parsed.alias is not None:
@@ -108,9 +126,12 @@ def resolve(session: Session, ref: str) -> ModelVersion:
     return mv
 
 
-def newest_of_task(session: Session, task: str) -> ModelVersion:
+def newest_of_task(session: Session, task: str, viewer: Viewer = EVERYONE) -> ModelVersion:
+    """The newest version of any model of `task` that `viewer` owns (every owner's for an admin): a request that
+    names no model is answered by one of the caller's own, never by a model another owner shared."""
     mv = session.scalars(
-        select(ModelVersion).where(ModelVersion.task == task)
+        select(ModelVersion).join(RegisteredModel, RegisteredModel.name == ModelVersion.name)
+        .where(ModelVersion.task == task, viewer.owner_filter(RegisteredModel.owner))
         .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc()).limit(1)
     ).first()
     if mv is None:
@@ -118,8 +139,8 @@ def newest_of_task(session: Session, task: str) -> ModelVersion:
     return mv
 
 
-def resolve_for_task(session: Session, ref: str | None, task: str) -> ModelVersion:
-    mv = newest_of_task(session, task) if ref is None else resolve(session, ref)
+def resolve_for_task(session: Session, ref: str | None, task: str, viewer: Viewer = EVERYONE) -> ModelVersion:
+    mv = newest_of_task(session, task, viewer) if ref is None else resolve(session, ref, viewer)
     if mv.task != task:
         raise ValidationFailed(
             f"model '{mv.name}:{mv.version}' is a {mv.task} model; it is served by {ENDPOINTS[mv.task]}"

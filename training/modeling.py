@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from core.errors import UserError
+from core.errors import UserError, scrub_paths
 
 
 def _unloadable(source: str, exc: Exception) -> UserError:
-    where = os.environ.get("HF_HOME", "the Hugging Face cache")
-    if os.path.isdir(source):
-        return UserError(f"could not load the model at {source}: {type(exc).__name__}: {exc}")
+    # Messages reach the user: they name the model, never where the server keeps files.
+    detail = scrub_paths(f"{type(exc).__name__}: {exc}")
+    if os.path.isabs(source):  # a registered version's folder
+        return UserError(f"could not load the registered base model's files: {detail}")
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
     if os.environ.get("FTSERVE_HUB_UNREACHABLE"):
         reach = "the hub could not be reached from this machine"
@@ -20,8 +21,8 @@ def _unloadable(source: str, exc: Exception) -> UserError:
     else:
         reach = "the hub could not be reached or has no such model"
     return UserError(
-        f"could not load base model '{source}': it is not in the local Hugging Face cache ({where}) and "
-        f"{reach}. Check the hub id, or pre-download it into the cache. ({type(exc).__name__}: {exc})"
+        f"could not load base model '{source}': it is not in the local Hugging Face cache and "
+        f"{reach}. Check the hub id, or pre-download it into the cache. ({detail})"
     )
 
 

@@ -5,14 +5,32 @@ Torch-free on purpose: the API validates submissions with these models at reques
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ValidationFailed
 
 TASK_NAMES = ("classification", "question-answering", "summarization", "generation")
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MAX_STEPS = 10**9  # step counts far past any real run, small enough for every library's integer types
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def hub_repo_id(value: str, *, what: str) -> str:
+    """`value` if it is a Hugging Face hub repo id (`name` or `org/name`, the Hub's character set, no `..`, no
+    leading `/` or `.`): such a name can only reach the hub or its cache, never a path on the server."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as exc:
+        raise ValueError(
+            f"{value[:100]!r} is not a Hugging Face hub {what} id: use 'name' or 'org/name' with letters, digits, "
+            "'-', '_' or '.', at most 96 characters, not starting or ending with '-' or '.', and no '..' or '--'"
+        ) from exc
+    return value
 
 
 class _Strict(BaseModel):
@@ -21,18 +39,18 @@ class _Strict(BaseModel):
 
 class CommonParams(_Strict):
     epochs: float = Field(default=3.0, gt=0, le=1000)
-    max_steps: int | None = Field(default=None, gt=0, description="Overrides epochs when set.")
+    max_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS, description="Overrides epochs when set.")
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
     batch_size: int = Field(default=16, ge=1, le=4096)
     eval_batch_size: int | None = Field(default=None, ge=1, le=4096)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     max_length: int = Field(default=256, ge=8, le=32768)
-    seed: int = Field(default=42, ge=0)
-    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate and save every N steps.")
-    logging_steps: int | None = Field(default=None, ge=1)
-    save_total_limit: int = Field(default=2, ge=1, description="The best and the newest checkpoint.")
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    eval_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Evaluate and save every N steps.")
+    logging_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    save_total_limit: int = Field(default=2, ge=1, le=100, description="The best and the newest checkpoint.")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     fp16: bool | None = Field(default=None, description="Default: on when a CUDA GPU is used.")
 
@@ -43,7 +61,7 @@ class ClassificationParams(CommonParams):
 
 class QuestionAnsweringParams(CommonParams):
     max_length: int = Field(default=384, ge=16, le=32768)
-    doc_stride: int = Field(default=128, ge=1)
+    doc_stride: int = Field(default=128, ge=1, le=32768)
     max_answer_length: int = Field(default=30, ge=1, le=1024)
 
     @model_validator(mode="after")
@@ -56,7 +74,8 @@ class QuestionAnsweringParams(CommonParams):
 class SummarizationParams(CommonParams):
     max_length: int = Field(default=512, ge=8, le=32768)
     max_target_length: int = Field(default=64, ge=1, le=4096)
-    prefix: str | None = Field(default=None, description='Default: "summarize: " for T5 models, else "".')
+    prefix: str | None = Field(default=None, max_length=256,
+                               description='Default: "summarize: " for T5 models, else "".')
     eval_num_beams: int = Field(default=1, ge=1, le=16)
 
 
@@ -80,11 +99,17 @@ FIELDS: dict[str, dict[str, str]] = {
 }
 
 
+def _dataset_id(value: str | None) -> str | None:
+    return None if value is None else hub_repo_id(value, what="dataset")
+
+
 class DatasetRef(_Strict):
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     hub: str | None = Field(default=None, max_length=256)
     config: str | None = Field(default=None, max_length=256)
     split: str = Field(default="train", max_length=128)
+
+    _hub_id = field_validator("hub")(staticmethod(_dataset_id))
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetRef:
@@ -94,11 +119,13 @@ class DatasetRef(_Strict):
 
 
 class ValidationRef(_Strict):
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     hub: str | None = Field(default=None, max_length=256)
-    config: str | None = None
-    split: str | None = None
+    config: str | None = Field(default=None, max_length=256)
+    split: str | None = Field(default=None, max_length=128)
     split_ratio: float | None = Field(default=None, gt=0, lt=1)
+
+    _hub_id = field_validator("hub")(staticmethod(_dataset_id))
 
     @model_validator(mode="after")
     def _one_source(self) -> ValidationRef:
@@ -113,8 +140,9 @@ class JobRequest(_Strict):
     base_model: str = Field(min_length=1, max_length=512)
     dataset: DatasetRef
     validation: ValidationRef = Field(default_factory=lambda: ValidationRef(split_ratio=0.1))
-    columns: dict[str, str] = Field(default_factory=dict)
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=dict,
+                                                                                     max_length=16)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
     model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
 
 

@@ -26,11 +26,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core.cpus import size_torch_threads
-from core.errors import Conflict, UserError, ValidationFailed
+from core.errors import Conflict, UserError, ValidationFailed, scrub_paths
 from core.logging import setup_logging
 from core.settings import Settings, configure_environment, get_settings
 from registry import jobs as jobrepo
 from registry import versions
+from registry.access import Viewer
 from registry.db import in_session, is_transient, session_scope
 from registry.jobs import Fence, Superseded
 from registry.models import Dataset, ModelVersion
@@ -232,7 +233,9 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                 with session_scope() as s:
                     jobrepo.hold(s, fence)
                     job = jobrepo.get_job(s, fence.job_id)
-                    versions.ensure_model(s, name=name, task=spec.task, owner=job.owner)
+                    # The name was checked at submit; another owner may have taken it since (a user error here).
+                    versions.ensure_model(s, name=name, task=spec.task,
+                                          viewer=Viewer(job.owner, admin=job.owner in get_settings().admin_names))
                     # ensure_model rolls the transaction back when another job created the name first.
                     jobrepo.hold(s, fence)
                     version = versions.next_version(s, name)
@@ -335,7 +338,7 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
         outcome = {"status": jobrepo.CANCELLED}
     except (UserError, ValidationFailed, Conflict) as exc:
         log.info("job %s failed (user): %s", job_id, exc.message)
-        outcome = {"status": jobrepo.FAILED, "error_type": "user", "error_message": exc.message}
+        outcome = {"status": jobrepo.FAILED, "error_type": "user", "error_message": scrub_paths(exc.message)}
     except Exception as exc:
         if isinstance(exc, DBAPIError) and is_transient(exc):
             # The job could go on; failing it would blame the user's job for our database. The supervisor
@@ -344,7 +347,7 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
                       "writing", fence, settings.lease_seconds, exc.orig)
             return EXIT_DB_UNAVAILABLE
         log.exception("job %s failed (system)", job_id)
-        message = f"{type(exc).__name__}: {exc}"
+        message = scrub_paths(f"{type(exc).__name__}: {exc}")
         if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             message = f"out of memory ({message}); lower batch_size or max_length"
         outcome = {"status": jobrepo.FAILED, "error_type": "system", "error_message": message[:4000]}
@@ -386,6 +389,13 @@ def main(argv: list[str]) -> int:
     settings = configure_environment(get_settings())
     size_torch_threads(settings.torch_threads)
     fence = Fence(job_id=argv[0], worker_id=argv[1], attempt=int(argv[3]))
+    # An empty working directory of its own, inside the data dir: `from_pretrained("org/name")` and
+    # `load_dataset("org/name")` try a local directory of that name first, and no directory a user named may ever
+    # become a model or training data.
+    cwd = ArtifactStore(settings.data_dir).job_dir(fence.job_id) / f"cwd-{fence.attempt}"
+    shutil.rmtree(cwd, ignore_errors=True)
+    cwd.mkdir(parents=True)
+    os.chdir(cwd)
     try:
         return run_attempt(fence, settings)
     except DBAPIError as exc:
@@ -398,6 +408,9 @@ def main(argv: list[str]) -> int:
         # Only reached when writing the failure failed; the parent sees the exit code and records it.
         traceback.print_exc()
         return 1
+    finally:
+        os.chdir(settings.data_dir)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 if __name__ == "__main__":

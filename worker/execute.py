@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from core.errors import scrub_paths
 from core.settings import Settings
 from registry import jobs as jobrepo
 from registry.db import in_session, is_transient, session_scope
@@ -196,7 +197,7 @@ def _settle(fence: Fence, returncode: int, *, timed_out: bool, log_path: Path, s
         if returncode == EXIT_DB_UNAVAILABLE:
             return _give_back(s, fence, settings=settings, why=f"attempt {fence.attempt} lost the database")
         how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-        tail = _tail(log_path)
+        tail = scrub_paths(_tail(log_path))
         jobrepo.finish(
             s, job_id, fence=fence, status=jobrepo.FAILED, error_type="system",
             error_message=f"training process ended with {how} before finishing"

@@ -10,13 +10,14 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
-from api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep, ViewerDep
 from api.pagination import paginate
 from api.schemas import dataset_out, page
 from api.uploads import MAX_NAME_CHARS, receive_upload
 from core.errors import Conflict, NotFound
 from core.ids import new_id
 from registry import jobs as jobrepo
+from registry.access import Viewer
 from registry.datafiles import Limits, profile_file
 from registry.datasets import profile_of
 from registry.models import Dataset, Job
@@ -29,9 +30,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "name": {"type": "string", "maxLength": MAX_NAME_CHARS}}}}}}}
 
 
-def get_dataset(session: Any, dataset_id: str) -> Dataset:
+def get_dataset(session: Any, dataset_id: str, viewer: Viewer) -> Dataset:
+    """The dataset if `viewer` owns it; another owner's is as unknown as a made-up id."""
     ds = session.get(Dataset, dataset_id)
-    if ds is None:
+    if ds is None or not viewer.owns(ds.owner):
         raise NotFound(f"dataset '{dataset_id}' not found")
     return ds
 
@@ -65,24 +67,26 @@ async def upload_dataset(
 @router.get("")
 def list_datasets(
     session: SessionDep,
+    viewer: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    rows, more = paginate(session, select(Dataset), Dataset, after=after, limit=limit)
+    rows, more = paginate(session, select(Dataset).where(viewer.owner_filter(Dataset.owner)), Dataset,
+                          after=after, limit=limit, visible=lambda d: viewer.owns(d.owner))
     return page([dataset_out(d) for d in rows], more)
 
 
 @router.get("/{dataset_id}")
-def get_dataset_route(dataset_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep
-                      ) -> dict[str, Any]:
-    ds = get_dataset(session, dataset_id)
+def get_dataset_route(dataset_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+                      viewer: ViewerDep) -> dict[str, Any]:
+    ds = get_dataset(session, dataset_id, viewer)
     profile = profile_of(ds, path=store.dataset_file(ds.id, ds.file_name), limits=Limits.from_settings(settings))
     return {**dataset_out(ds), "preview": profile.preview, "column_types": profile.column_types()}
 
 
 @router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> None:
-    ds = get_dataset(session, dataset_id)
+def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep, viewer: ViewerDep) -> None:
+    ds = get_dataset(session, dataset_id, viewer)
     in_use = session.scalars(
         select(Job.id).where(
             Job.status.in_(jobrepo.ACTIVE),

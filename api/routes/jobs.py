@@ -2,45 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import re
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import OwnerDep, SessionDep, StoreDep
+from api.deps import SessionDep, SettingsDep, StoreDep, ViewerDep
 from api.pagination import paginate
 from api.routes.datasets import get_dataset
 from api.schemas import job_out, page
-from core.errors import Conflict, ValidationFailed
+from api.streams import EventHub, SlotStream, StreamSlots
+from core.errors import Conflict, RateLimited, ValidationFailed
 from core.ids import new_id
 from registry import jobs as jobrepo
 from registry import versions
+from registry.access import EVERYONE, Viewer
 from registry.datafiles import Limits, iter_rows
 from registry.datasets import cached_check, check_key, profile_of
 from registry.db import session_scope
-from registry.models import Job
+from registry.models import Job, RegisteredModel
 from registry.store import ArtifactStore
-from training.spec import JobRequest, JobSpec, build_spec
+from training.spec import JobRequest, JobSpec, build_spec, hub_repo_id
 from training.tasks import implemented
 from worker.dispatch import send_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 IDEMPOTENCY_TTL = timedelta(hours=24)
 log = logging.getLogger("ftserve.api")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$")
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+MAX_EVENT_ID = 2**31 - 1  # the column is a 32-bit integer: a bigger cursor is a 422, not a database error
+JobId = Annotated[str, Path(max_length=64)]
 
 
 def _out(session: Session, job: Job) -> dict[str, Any]:
@@ -58,24 +59,30 @@ def _parse_request(body: dict[str, Any]) -> JobRequest:
                                details=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in errs]) from exc
 
 
-def _resolve_base_model(session: Session, spec: JobSpec) -> str:
+def _resolve_base_model(session: Session, spec: JobSpec, viewer: Viewer) -> str:
+    """A registered model the caller may use (`model:name:3`), else a hub id (`hub:org/name`).
+
+    A bare name that is registered names that model, even when it is another owner's private one: then it is a
+    404, never a silent fall back to a hub model of the same spelling."""
     parsed = versions.parse_ref(spec.base_model)
     explicit = ":" in spec.base_model or "@" in spec.base_model
-    if parsed is not None and (explicit or versions.get_model(session, parsed.name) is not None):
-        mv = versions.resolve(session, spec.base_model)  # NotFound names the ref
+    if parsed is not None and (explicit or session.get(RegisteredModel, parsed.name) is not None):
+        mv = versions.resolve(session, spec.base_model, viewer)  # NotFound names the ref
         if mv.task != spec.task:
             raise ValidationFailed(
                 f"base_model '{spec.base_model}' is a {mv.task} model; a {spec.task} job needs a {spec.task} "
                 "model or a hub id")
         return f"model:{mv.name}:{mv.version}"
-    if not _HUB_ID.match(spec.base_model):
+    try:
+        hub_repo_id(spec.base_model, what="model")
+    except ValueError as exc:
         raise ValidationFailed(
-            f"base_model '{spec.base_model}' is neither a registered model (name, name:3, name@alias) nor a "
-            "Hugging Face hub id (org/name)")
+            f"base_model {spec.base_model[:100]!r} is neither a registered model (name, name:3, name@alias) nor "
+            f"a Hugging Face hub id: {exc}") from exc
     return f"hub:{spec.base_model}"
 
 
-def _check_data(session: Session, store: ArtifactStore, spec: JobSpec) -> None:
+def _check_data(session: Session, store: ArtifactStore, spec: JobSpec, viewer: Viewer) -> None:
     """Uploaded datasets are checked now, so a bad column or label set is a 422, not a failed job.
 
     Columns, types and labels come from the profile stored at upload; a check that needs the rows themselves
@@ -93,7 +100,7 @@ def _check_data(session: Session, store: ArtifactStore, spec: JobSpec) -> None:
     for _, ref in refs:
         if ref.id is None:
             continue
-        ds = get_dataset(session, ref.id)
+        ds = get_dataset(session, ref.id, viewer)
         what = f"dataset {ds.id} ({ds.name})"
         path = store.dataset_file(ds.id, ds.file_name)
         profile = profile_of(ds, path=path, limits=limits)
@@ -106,31 +113,43 @@ def _check_data(session: Session, store: ArtifactStore, spec: JobSpec) -> None:
                                                                           what=what))
 
 
-def _create(session: Session, store: ArtifactStore, owner: str, body: dict[str, Any],
-            idempotency_key: str | None) -> tuple[Job, bool]:
-    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+def _request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _first_with_key(session: Session, owner: str, key: str, request_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created (within 24 h), checked against this body."""
+    first = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
+    if first is not None and jobrepo.as_utc(first.created_at) < jobrepo.utcnow() - IDEMPOTENCY_TTL:
+        first.idempotency_key = None  # keys are kept 24 h; after that the key starts a new job
+        session.flush()
+        return None
+    if first is not None and first.request_hash != request_hash:
+        raise Conflict("Idempotency-Key was already used with a different request body")
+    return first
+
+
+def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[str, Any], *,
+            idempotency_key: str | None, request_hash: str, max_active: int) -> tuple[Job, bool]:
+    owner = viewer.owner
     if idempotency_key is not None:
-        first = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key)
-                                ).first()
-        if first is not None and jobrepo.as_utc(first.created_at) < jobrepo.utcnow() - IDEMPOTENCY_TTL:
-            first.idempotency_key = None  # keys are kept 24 h; after that the key starts a new job
-            session.flush()
-            first = None
+        first = _first_with_key(session, owner, idempotency_key, request_hash)
         if first is not None:
-            if first.request_hash != request_hash:
-                raise Conflict("Idempotency-Key was already used with a different request body")
             return first, False
     request = _parse_request(body)
     job_id = new_id("job")
     spec = build_spec(request, default_model_name=job_id)
-    existing = versions.get_model(session, spec.model_name)
-    if existing is not None and existing.task != spec.task:
-        raise Conflict(f"model name '{spec.model_name}' is already used by a {existing.task} model; "
-                       "choose another model_name")
+    versions.check_name_free(session, name=spec.model_name, task=spec.task, viewer=viewer)
     if spec.task not in implemented():
         raise ValidationFailed(f"task '{spec.task}' is not available yet; available: {', '.join(implemented())}")
-    resolved = _resolve_base_model(session, spec)
-    _check_data(session, store, spec)
+    resolved = _resolve_base_model(session, spec, viewer)
+    _check_data(session, store, spec, viewer)
+    active = jobrepo.active_jobs_of(session, owner)
+    if active >= max_active:
+        # Per owner, so that one key cannot fill the queue that every key's jobs wait in.
+        raise RateLimited(f"{active} of your jobs are queued or running (the limit is {max_active} per owner, "
+                          "FTSERVE_MAX_ACTIVE_JOBS_PER_OWNER); wait for one to finish or cancel one",
+                          retry_after=30)
     job = Job(id=job_id, owner=owner, task=spec.task, spec=json.loads(spec.model_dump_json()),
               model_name=spec.model_name, base_model_resolved=resolved, dataset_id=spec.dataset.id,
               validation_dataset_id=spec.validation.id, idempotency_key=idempotency_key,
@@ -143,20 +162,25 @@ def _create(session: Session, store: ArtifactStore, owner: str, body: dict[str, 
 def submit_job(
     session: SessionDep,
     store: StoreDep,
-    owner: OwnerDep,
+    viewer: ViewerDep,
+    settings: SettingsDep,
     body: Annotated[dict[str, Any], Body()],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Any:
+    request_hash = _request_hash(body)
     try:
-        job, created = _create(session, store, owner, body, idempotency_key)
+        job, created = _create(session, store, viewer, body, idempotency_key=idempotency_key,
+                               request_hash=request_hash, max_active=settings.max_active_jobs_per_owner)
         session.commit()  # the row is the truth: written before the message is sent
     except IntegrityError:
+        # A concurrent request with the same key committed first: that one is the job, if the bodies agree.
         session.rollback()
-        job = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key)
-                              ).first()
-        if job is None:
+        if idempotency_key is None:
             raise
-        created = False
+        first = _first_with_key(session, viewer.owner, idempotency_key, request_hash)
+        if first is None:
+            raise
+        job, created = first, False
     if not created:
         return JSONResponse(_out(session, job), status_code=200)
     try:
@@ -171,29 +195,30 @@ def submit_job(
 # `yield` costs two extra thread hops per request (see bench/lifecycle_bench.py).
 @router.get("")
 def list_jobs(
-    status: Annotated[str | None, Query()] = None,
+    viewer: ViewerDep,
+    status: Annotated[str | None, Query(max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    stmt = select(Job)
+    stmt = select(Job).where(viewer.owner_filter(Job.owner))
     if status is not None:
         if status not in STATUSES:
             raise ValidationFailed(f"unknown status '{status}'; allowed: {', '.join(STATUSES)}")
         stmt = stmt.where(Job.status == status)
     with session_scope() as session:
-        rows, more = paginate(session, stmt, Job, after=after, limit=limit)
+        rows, more = paginate(session, stmt, Job, after=after, limit=limit, visible=lambda j: viewer.owns(j.owner))
         return page([_out(session, j) for j in rows], more)
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str) -> dict[str, Any]:
+def get_job(job_id: JobId, viewer: ViewerDep) -> dict[str, Any]:
     with session_scope() as session:
-        return _out(session, jobrepo.get_job(session, job_id))
+        return _out(session, jobrepo.get_job(session, job_id, viewer=viewer))
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep) -> dict[str, Any]:
-    job = jobrepo.request_cancel(session, job_id)
+def cancel_job(job_id: JobId, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
+    job = jobrepo.request_cancel(session, job_id, viewer=viewer)
     return _out(session, job)
 
 
@@ -204,42 +229,43 @@ def _event_out(ev: Any) -> dict[str, Any]:
             "data": ev.data}
 
 
-def _read_events(job_id: str, after: int, limit: int) -> tuple[list[dict[str, Any]], bool, str]:
+def read_events(job_id: str, after: int, limit: int, viewer: Viewer = EVERYONE
+                ) -> tuple[list[dict[str, Any]], bool, str]:
     # Status first: a terminal status read here means its final event is already committed.
     with session_scope() as s:
-        status = jobrepo.get_job(s, job_id).status
+        status = jobrepo.get_job(s, job_id, viewer=viewer).status
     with session_scope() as s:
         events, more = jobrepo.list_events(s, job_id, after=after, limit=limit)
         return [_event_out(e) for e in events], more, status
 
 
+def _event_cursor(last_event_id: str | None, after: int) -> int:
+    if last_event_id is None or not last_event_id.strip():
+        return after
+    value = last_event_id.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= MAX_EVENT_ID):
+        raise ValidationFailed(f"Last-Event-ID must be an event id (an integer up to {MAX_EVENT_ID}), "
+                               f"not {value[:20]!r}")
+    return int(value)
+
+
 @router.get("/{job_id}/events")
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
-    after: Annotated[int, Query(ge=0)] = 0,
+    viewer: ViewerDep,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Any:
-    data, more, _ = await anyio.to_thread.run_sync(_read_events, job_id, after, limit)
     if "text/event-stream" not in request.headers.get("accept", ""):
+        data, more, _ = await anyio.to_thread.run_sync(read_events, job_id, after, limit, viewer)
         return {"data": data, "has_more": more}
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-
-    async def stream() -> Any:
-        cursor = start
-        while True:
-            events, more, status = await anyio.to_thread.run_sync(_read_events, job_id, cursor, 500)
-            for ev in events:
-                cursor = ev["id"]
-                yield f"id: {ev['id']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
-            if not more and status in jobrepo.TERMINAL:
-                return
-            if await request.is_disconnected():
-                return
-            if not events:
-                await asyncio.sleep(0.5)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
+    start = _event_cursor(last_event_id, after)
+    # Another owner's job is a plain 404 before the stream starts; the stream's poller then reads for everyone.
+    await anyio.to_thread.run_sync(read_events, job_id, start, 1, viewer)
+    slots: StreamSlots = request.app.state.stream_slots
+    slots.acquire(viewer.owner)
+    hub: EventHub = request.app.state.event_hub
+    return SlotStream(hub.follow(job_id, start), slots=slots, key=viewer.owner, media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
-from api.deps import InferenceDep, SettingsDep
+from api.deps import InferenceDep, SettingsDep, ViewerDep
 from api.errors import error_body, status_of
 from api.schemas import AnswerRequest, ClassifyRequest, GenerateRequest, SummarizeRequest
+from api.streams import SlotStream, StreamSlots
 from core.errors import FtserveError, ValidationFailed
 from inference import metrics
 from inference.service import InferenceService
+from registry.access import Viewer
 
 router = APIRouter(tags=["predict"])
+log = logging.getLogger("ftserve.api")
+UNRESOLVED = "-"  # the metrics label of a request whose model was not found
 
 
 def _check_sizes(texts: list[str], *, max_items: int, max_chars: int) -> None:
@@ -47,38 +51,45 @@ def _timeout(request: Request, default: float) -> float:
     return min(value, default)
 
 
-async def _run(endpoint: str, request: Request, service: InferenceService, ref: str | None, task: str,
-               method: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
-    """Run through the model's batcher and record the request in /metrics."""
+async def _run(endpoint: str, request: Request, service: InferenceService, viewer: Viewer, ref: str | None,
+               task: str, method: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
+    """Resolve among the models the caller may use, run through the model's batcher, and record the request in
+    /metrics — labelled with the resolved version only: a label per made-up model name would grow /metrics
+    without bound."""
     t0 = time.perf_counter()
-    model, status = ref or "-", 200
+    model, status = UNRESOLVED, 200
     try:
-        model, results = await service.run(ref, task, method, items, is_disconnected=request.is_disconnected,
-                                           timeout=_timeout(request, service.settings.request_timeout_seconds),
-                                           **params)
+        resolved = await service.resolve_async(ref, task, viewer)
+        model = resolved.ref
+        results = await service.run(resolved, method, items, is_disconnected=request.is_disconnected,
+                                    timeout=_timeout(request, service.settings.request_timeout_seconds), **params)
         return model, results
     except BaseException as exc:
         status = status_of(exc)[0] if isinstance(exc, Exception) else 499
         raise
     finally:
-        metrics.REQUESTS.labels(endpoint=endpoint, model=model, status=str(status)).inc()
-        metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
+        _record(endpoint, model, status, t0)
+
+
+def _record(endpoint: str, model: str, status: int, t0: float) -> None:
+    metrics.REQUESTS.labels(endpoint=endpoint, model=model, status=str(status)).inc()
+    metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
 
 
 @router.post("/classify")
-async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep
-                   ) -> dict[str, Any]:
+async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep,
+                   viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
     # Every label ranked in the batch, cut to this request's top_k here: requests with any top_k share batches.
-    ref, ranked = await _run("/classify", request, service, body.model, "classification", "predict", texts,
-                             top_k=None)
+    ref, ranked = await _run("/classify", request, service, viewer, body.model, "classification", "predict",
+                             texts, top_k=None)
     return {"model": ref, "predictions": [r[: body.top_k] if body.top_k else r for r in ranked]}
 
 
 @router.post("/answer")
-async def answer(body: AnswerRequest, request: Request, service: InferenceDep, settings: SettingsDep
-                 ) -> dict[str, Any]:
+async def answer(body: AnswerRequest, request: Request, service: InferenceDep, settings: SettingsDep,
+                 viewer: ViewerDep) -> dict[str, Any]:
     try:
         items = body.items()
     except ValueError as exc:
@@ -86,13 +97,14 @@ async def answer(body: AnswerRequest, request: Request, service: InferenceDep, s
     _check_sizes([i.context + i.question for i in items], max_items=settings.max_inputs_per_request,
                  max_chars=settings.max_input_chars)
     pairs = [(i.question, i.context) for i in items]
-    ref, answers = await _run("/answer", request, service, body.model, "question-answering", "answer", pairs)
+    ref, answers = await _run("/answer", request, service, viewer, body.model, "question-answering", "answer",
+                              pairs)
     return {"model": ref, "answers": answers}
 
 
 @router.post("/summarize")
-async def summarize(body: SummarizeRequest, request: Request, service: InferenceDep, settings: SettingsDep
-                    ) -> dict[str, Any]:
+async def summarize(body: SummarizeRequest, request: Request, service: InferenceDep, settings: SettingsDep,
+                    viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
     _cap("max_new_tokens", body.max_new_tokens, settings.max_new_tokens_cap)
@@ -100,7 +112,7 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
     if body.min_new_tokens > body.max_new_tokens:
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     ref, summaries = await _run(
-        "/summarize", request, service, body.model, "summarization", "summarize", texts,
+        "/summarize", request, service, viewer, body.model, "summarization", "summarize", texts,
         max_new_tokens=body.max_new_tokens,
         min_new_tokens=body.min_new_tokens, num_beams=body.num_beams, length_penalty=body.length_penalty,
         no_repeat_ngram_size=body.no_repeat_ngram_size,
@@ -109,7 +121,8 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
 
 
 @router.post("/generate", response_model=None)
-async def generate(body: GenerateRequest, request: Request, service: InferenceDep, settings: SettingsDep) -> Any:
+async def generate(body: GenerateRequest, request: Request, service: InferenceDep, settings: SettingsDep,
+                   viewer: ViewerDep) -> Any:
     try:
         prompts = body.prompts()
     except ValueError as exc:
@@ -120,27 +133,51 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     params = body.generation_params()
     if not body.stream:
-        ref, generations = await _run("/generate", request, service, body.model, "generation", "generate", prompts,
-                                      **params)
+        ref, generations = await _run("/generate", request, service, viewer, body.model, "generation", "generate",
+                                      prompts, **params)
         return {"model": ref, "generations": generations}
 
-    # Resolve before the stream starts, so an unknown model is still a plain 404.
-    resolved = await service.resolve_async(body.model, "generation")
+    # Everything that can refuse the request does so before the stream starts, as a plain status: an unknown
+    # model (404), a prompt past the model's context (422), a full queue or too many streams for this key (429).
+    t0 = time.perf_counter()
+    model = UNRESOLVED
+    slots: StreamSlots = request.app.state.stream_slots
+    try:
+        resolved = await service.resolve_async(body.model, "generation", viewer)
+        model = resolved.ref
+        slots.acquire(viewer.owner)
+        try:
+            chunks = await service.open_stream(resolved, prompts[0], is_disconnected=request.is_disconnected,
+                                               **params)
+        except BaseException:
+            slots.release(viewer.owner)
+            raise
+    except Exception as exc:
+        _record("/generate", model, status_of(exc)[0], t0)
+        raise
 
     async def events() -> AsyncIterator[str]:
+        status = 200
         try:
-            async for item in service.stream(resolved, "stream", prompts[0], **params):
+            async for item in chunks:
                 if "done" in item:
                     yield f"event: done\ndata: {json.dumps(item['done'])}\n\n"
                 else:
                     yield f"event: token\ndata: {json.dumps(item)}\n\n"
         except FtserveError as exc:
-            yield f"event: error\ndata: {json.dumps(error_body('validation_error', exc.message))}\n\n"
+            status, type_ = status_of(exc)
+            yield f"event: error\ndata: {json.dumps(error_body(type_, exc.message))}\n\n"
         except Exception as exc:  # the stream has started: report the failure in-band, not as a status
-            import logging
-
-            logging.getLogger("ftserve.api").exception("generation stream failed")
+            status = 500
+            log.exception("generation stream failed")
             yield f"event: error\ndata: {json.dumps(error_body('internal', type(exc).__name__))}\n\n"
+        except BaseException:
+            status = 499  # the client went away
+            raise
+        finally:
+            _record("/generate", model, status, t0)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Model": resolved.ref})
+    response = SlotStream(events(), slots=slots, key=viewer.owner, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Model": resolved.ref})
+    response.on_close(chunks.aclose)
+    return response

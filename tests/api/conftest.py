@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,29 @@ LIMITS = {"FTSERVE_MAX_BODY_BYTES": "65536", "FTSERVE_MAX_UPLOAD_BYTES": "104857
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def api(make_api: Callable[..., TestClient]) -> TestClient:
+    return make_api()
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
+    """`make_api(FTSERVE_API_KEYS="alice:a", ...)`: an app on a fresh data dir, with these settings."""
+    clients: list[TestClient] = []
+
+    def make(**env: str) -> TestClient:
+        client = _start(tmp_path, monkeypatch, env)
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)
+        get_settings.cache_clear()
+
+
+def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> TestClient:
     from api.main import create_app
     from registry.db import migrate
 
@@ -30,14 +52,12 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("FTSERVE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FTSERVE_HUB_PROBE", "false")
-    for key, value in LIMITS.items():
+    for key, value in {**LIMITS, **env}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     migrate(get_settings())
-    # Not entered as a context manager: the lifespan's warm-up would import torch for nothing.
-    client = TestClient(create_app(), raise_server_exceptions=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        get_settings.cache_clear()
+    # Entered, so that every request runs on one event loop (the batchers live on it). Addressed to localhost:
+    # with auth off, the API answers nothing else.
+    client = TestClient(create_app(), raise_server_exceptions=False, base_url="http://localhost")
+    client.__enter__()
+    return client

@@ -197,7 +197,7 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
                  "do_sample": True, "seed": 7}
     short_body = {"model": "talker", "prompt": "JULIET:", "max_new_tokens": 4, "min_new_tokens": 4}
     dropped0 = serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left")
-    timeouts0 = serving.metric("ftserve_requests_total", endpoint="/generate", model="talker", status="504")
+    timeouts0 = serving.metric("ftserve_requests_total", endpoint="/generate", model="talker:1", status="504")
     with ThreadPoolExecutor(max_workers=2) as pool:
         long = pool.submit(serving.client.post, "/generate", json=long_body)
         time.sleep(0.3)
@@ -210,7 +210,7 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
         r = waiting.result()
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
         assert long.result().status_code == 200
-    assert serving.metric("ftserve_requests_total", endpoint="/generate", model="talker", status="504") \
+    assert serving.metric("ftserve_requests_total", endpoint="/generate", model="talker:1", status="504") \
         == timeouts0 + 1
     deadline = time.monotonic() + 120
     while serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left") <= dropped0:

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import ValidationFailed
+from core.errors import ValidationFailed, scrub_paths
 from registry import datafiles
 from registry.datafiles import (
     DataFileError,
@@ -19,7 +19,6 @@ from registry.datafiles import (
     profile_file,
     profile_rows,
     read_table,
-    scrub_paths,
 )
 from registry.store import ArtifactStore, safe_file_name
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,17 +149,22 @@ class GenerationPredictor:
         self.model = load_model(AutoModelForCausalLM, str(model_dir)).to(device).eval()
         self.device = device
 
-    def generate(self, prompts: list[str], **params: Any) -> list[dict[str, Any]]:
+    def generate(self, prompts: list[str], **params: Any) -> list[Any]:
         """Prompts of the same token length share one `generate` call: no padding, so each text is the one an
         unbatched call gives. Seeded sampling runs prompt by prompt, so a seed's text never depends on what
         else is in the batch."""
         if params.get("do_sample") and params.get("seed") is not None:
-            return [self._one(prompt, **params) for prompt in prompts]
+            return [self.context_error(len(self.tokenizer(prompt)["input_ids"]), int(params.get("max_new_tokens", 64)))
+                    or self._one(prompt, **params) for prompt in prompts]
         ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        out: list[Any] = [{}] * len(prompts)
         groups: dict[int, list[int]] = {}
         for index, row in enumerate(ids):
+            error = self.context_error(len(row), int(params.get("max_new_tokens", 64)))
+            if error is not None:
+                out[index] = error  # fails its own request only (see inference/batcher.py)
+                continue
             groups.setdefault(len(row), []).append(index)
-        out: list[dict[str, Any]] = [{}] * len(prompts)
         for indices in groups.values():
             for index, result in zip(indices, self._same_length([ids[i] for i in indices], **params), strict=True):
                 out[index] = result
@@ -255,52 +260,43 @@ class GenerationPredictor:
             result["finish_reason"] = "cancelled"
         return result
 
-    def stream(self, prompt: str, *, on_cancel: Callable[[int], None] | None = None, **params: Any
-               ) -> Iterator[dict[str, Any]]:
-        """Yields {"text": chunk} as tokens are decoded, then {"done": {text, finish_reason, tokens}}.
+    def context(self) -> int | None:
+        """How many positions the model has (prompt + new tokens), when its config says."""
+        config = self.model.config
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        return int(limit) if limit else None
 
-        Chunks never include a stop sequence: text that could still turn into one is held back. Closing the
-        iterator early (the client went away) stops the generation at the next token and calls `on_cancel` with
-        the number of new tokens produced.
-        """
-        from transformers import TextIteratorStreamer
+    def context_error(self, prompt_tokens: int, max_new_tokens: int) -> ValidationFailed | None:
+        """Past its context a model indexes beyond its position table (an IndexError on the CPU, a device assert
+        on a GPU): such a request is the caller's to fix."""
+        limit = self.context()
+        if limit is None or prompt_tokens + max_new_tokens <= limit:
+            return None
+        return ValidationFailed(
+            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: together "
+            f"{prompt_tokens + max_new_tokens}, more than the model's context of {limit} tokens; shorten the prompt "
+            "or lower max_new_tokens")
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        result: dict[str, Any] = {}
-        failure: list[BaseException] = []
-        cancel = threading.Event()
+    def check_prompts(self, prompts: list[str], *, max_new_tokens: int) -> None:
+        for prompt in prompts:
+            error = self.context_error(len(self.tokenizer(prompt)["input_ids"]), max_new_tokens)
+            if error is not None:
+                raise error
 
-        def work() -> None:
-            try:
-                result.update(self._one(prompt, streamer=streamer, cancel=cancel, **params))
-            except BaseException as exc:  # handed to the consumer below, which re-raises it
-                failure.append(exc)
-                streamer.end()
+    def stream_into(self, prompt: str, sink: Any, *, on_cancel: Callable[[int], None] | None = None,
+                    **params: Any) -> None:
+        """Generate one prompt, handing decoded text to `sink.text` as tokens come and the result to
+        `sink.finish`; `sink.cancel` stops it at the next token (and `on_cancel` gets the tokens made so far)."""
+        from transformers import TextStreamer
 
-        thread = threading.Thread(target=work, name="generate-stream", daemon=True)
-        thread.start()
-        stops = params.get("stop") or []
-        hold = max((len(s) for s in stops), default=1) - 1
-        text, sent, finished = "", 0, False
-        try:
-            for chunk in streamer:
-                text += chunk
-                cut = min((text.find(s) for s in stops if s in text), default=-1)
-                safe = cut if cut >= 0 else max(sent, len(text) - hold)
-                if safe > sent:
-                    yield {"text": text[sent:safe]}
-                    sent = safe
-                if cut >= 0:
-                    break
-            finished = True
-        finally:
-            if not finished:
-                cancel.set()
-            thread.join()
-            if not finished and not failure and on_cancel is not None:
-                on_cancel(int(result.get("tokens", 0)))
-        if failure:
-            raise failure[0]
-        if len(result["text"]) > sent:
-            yield {"text": result["text"][sent:]}
-        yield {"done": result}
+        class _ToSink(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    sink.text(text)
+
+        sink.start()
+        result = self._one(prompt, streamer=_ToSink(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
+                           cancel=sink.cancel, **params)
+        if result["finish_reason"] == "cancelled" and on_cancel is not None:
+            on_cancel(int(result["tokens"]))
+        sink.finish(result)
