@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from prometheus_client import Gauge
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +26,8 @@ log = logging.getLogger("ftserve.api")
 # (job_id, after, limit) → (events oldest first, more after these?, the job's status read before them)
 ReadEvents = Callable[[str, int, int], tuple[list[dict[str, Any]], bool, str]]
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+OPEN_STREAMS = Gauge("ftserve_open_streams", "Open job-event streams and streamed generations")
+EVENT_POLLERS = Gauge("ftserve_event_pollers", "Jobs whose events are being polled for their followers")
 
 
 class StreamSlots:
@@ -43,8 +46,10 @@ class StreamSlots:
                 f"{self.per_key} streams are already open for this API key (FTSERVE_MAX_STREAMS_PER_KEY); close "
                 "one (job event streams and streamed generations count) or retry later", retry_after=5)
         self._open[key] = self._open.get(key, 0) + 1
+        OPEN_STREAMS.inc()
 
     def release(self, key: str) -> None:
+        OPEN_STREAMS.dec()
         left = self._open.get(key, 0) - 1
         if left > 0:
             self._open[key] = left
@@ -120,6 +125,7 @@ class EventHub:
         return sum(1 for f in self._feeds.values() if f.task is not None and not f.task.done())
 
     async def _poll(self, job_id: str, feed: _Feed) -> None:
+        EVENT_POLLERS.inc()
         try:
             while feed.subscribers > 0:
                 events, more, status = await anyio.to_thread.run_sync(self.read, job_id, feed.end, 500)
@@ -144,6 +150,7 @@ class EventHub:
                 feed.done = True
                 feed.changed.notify_all()
         finally:
+            EVENT_POLLERS.dec()
             if self._feeds.get(job_id) is feed:
                 del self._feeds[job_id]
 

@@ -61,6 +61,7 @@ class Stack:
         self.workers = workers
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.client = httpx.Client(base_url=self.base_url, timeout=60)
+        self.metrics_headers: dict[str, str] = {}  # e.g. a key's Authorization when auth is on
 
     def _spawn(self, name: str, *args: str) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
@@ -147,7 +148,7 @@ class Stack:
     def metric(self, name: str, **labels: str) -> float:
         """One sample of `GET /metrics` by name and exact label set (0 when absent)."""
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in self.client.get("/metrics").text.splitlines():
+        for line in self.client.get("/metrics", headers=self.metrics_headers).text.splitlines():
             m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
             if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
                 return float(m.group(2))
