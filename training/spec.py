@@ -136,7 +136,7 @@ class ValidationRef(_Strict):
 
 
 class JobRequest(_Strict):
-    task: str
+    task: str = Field(max_length=64)
     base_model: str = Field(min_length=1, max_length=512)
     dataset: DatasetRef
     validation: ValidationRef = Field(default_factory=lambda: ValidationRef(split_ratio=0.1))

@@ -113,6 +113,24 @@ def test_models_are_served_to_their_owner_shared_ones_to_all(stack: Stack, train
     assert post(stack, "bob", "/classify", json=body).status_code == 404
 
 
+def test_a_prompt_past_the_models_context_is_422(stack: Stack, trained: dict[str, str]) -> None:
+    """The tiny GPT-2 has 256 positions: generating past them indexes beyond its position table (an IndexError
+    on the CPU, a device assert on a GPU)."""
+    prompt = "ROMEO: what light through yonder window breaks? " * 8
+    for stream in (False, True):
+        r = post(stack, "alice", "/generate", json={"model": "alice-gen", "prompt": prompt, "max_new_tokens": 200,
+                                                    "stream": stream})
+        assert r.status_code == 422, r.text
+        message = r.json()["error"]["message"]
+        assert "max_new_tokens is 200" in message and "context of 256 tokens" in message, message
+    # In one request with a prompt that fits, the request fails; alone, that prompt is answered.
+    r = post(stack, "alice", "/generate", json={"model": "alice-gen", "inputs": ["ROMEO:", prompt],
+                                                "max_new_tokens": 200})
+    assert r.status_code == 422
+    r = post(stack, "alice", "/generate", json={"model": "alice-gen", "prompt": "ROMEO:", "max_new_tokens": 200})
+    assert r.status_code == 200 and r.json()["generations"][0]["tokens"] > 0
+
+
 def test_a_name_taken_while_a_job_waited_fails_that_job(stack: Stack, trained: dict[str, str]) -> None:
     assert trained["contested-alice-status"] == "succeeded"
     job = get(stack, "bob", f"/jobs/{trained['contested-bob']}").json()

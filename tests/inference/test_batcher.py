@@ -168,3 +168,19 @@ def test_an_idle_batcher_reports_it_and_a_later_request_still_runs() -> None:
         assert await b.submit([2], timeout=5) == ["out:2"]
 
     asyncio.run(main())
+
+
+def test_an_item_whose_result_is_an_exception_fails_only_its_own_request() -> None:
+    from core.errors import ValidationFailed
+
+    def model(items: list[Any]) -> Sequence[Any]:
+        return [ValidationFailed(f"{x} is too long") if x == "long" else f"out:{x}" for x in items]
+
+    async def main() -> None:
+        b = batcher(model)  # type: ignore[arg-type]
+        results = await asyncio.gather(b.submit(["a"], timeout=5), b.submit(["b", "long"], timeout=5),
+                                       b.submit(["c"], timeout=5), return_exceptions=True)
+        assert results[0] == ["out:a"] and results[2] == ["out:c"]
+        assert isinstance(results[1], ValidationFailed) and "long is too long" in results[1].message
+
+    asyncio.run(main())
