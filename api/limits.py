@@ -1,8 +1,10 @@
 """Request bodies under caps: counted as they arrive, refused at once when Content-Length says so.
 
-A dataset upload (`POST /datasets`) may be `FTSERVE_MAX_UPLOAD_BYTES` plus its multipart envelope; any other
-body `FTSERVE_MAX_BODY_BYTES`. A JSON body is also held to the nesting depth and integer size of the dataset
-reader (registry/datafiles.py), so no body can make the JSON parser recurse until it fails.
+A multipart dataset upload (`POST /datasets`, streamed to disk by api/uploads.py) may be
+`FTSERVE_MAX_UPLOAD_BYTES` plus its multipart envelope; any other body (a JSON body sent to `/datasets`
+included, which is read into memory) `FTSERVE_MAX_BODY_BYTES`. A JSON body is also held to the nesting depth
+and integer size of the dataset reader (registry/datafiles.py), so no body can make the JSON parser recurse
+until it fails.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ class BodyTooLarge(PayloadTooLarge):
     """Raised from `receive` once a body is over its cap; the middleware answers 413 in its place."""
 
 
-def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+def _media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
-    return False
+            return value.split(b";", 1)[0].strip().lower()
+    return b""
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    media = _media_type(headers)
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 async def _respond(send: Send, status: int, type_: str, message: str) -> None:
@@ -48,7 +54,8 @@ class BodyLimitMiddleware:
         self.max_upload_bytes = max_upload_bytes
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
-        if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+        if (scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
+                and _media_type(scope.get("headers", [])) == b"multipart/form-data"):
             return self.max_upload_bytes + MULTIPART_ENVELOPE, f"the upload limit is {self.max_upload_bytes} bytes"
         return self.max_body_bytes, f"the limit for a request body is {self.max_body_bytes} bytes"
 

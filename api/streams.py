@@ -37,9 +37,6 @@ class StreamSlots:
         self.per_key = per_key
         self._open: dict[str, int] = {}
 
-    def open_for(self, key: str) -> int:
-        return self._open.get(key, 0)
-
     def acquire(self, key: str) -> None:
         if self._open.get(key, 0) >= self.per_key:
             raise RateLimited(
@@ -114,21 +111,33 @@ class EventHub:
     """Job events for any number of followers, read from the database by one poller per job."""
 
     def __init__(self, read: ReadEvents, *, poll_seconds: float = 0.5, keep: int = 2000,
-                 keepalive_seconds: float = 15.0) -> None:
+                 keepalive_seconds: float = 15.0, give_up_seconds: float = 60.0) -> None:
         self.read = read
+        self.give_up_seconds = give_up_seconds
         self.poll_seconds = poll_seconds
         self.keep = keep
         self.keepalive_seconds = keepalive_seconds
         self._feeds: dict[str, _Feed] = {}
 
-    def pollers(self) -> int:
-        return sum(1 for f in self._feeds.values() if f.task is not None and not f.task.done())
-
     async def _poll(self, job_id: str, feed: _Feed) -> None:
         EVENT_POLLERS.inc()
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
         try:
             while feed.subscribers > 0:
-                events, more, status = await anyio.to_thread.run_sync(self.read, job_id, feed.end, 500)
+                try:
+                    events, more, status = await anyio.to_thread.run_sync(self.read, job_id, feed.end, 500)
+                except Exception:
+                    # A database blip (a restart) must not end every follower's stream: retry for a while.
+                    now = loop.time()
+                    if failing_since is None:
+                        failing_since = now
+                        log.warning("reading the events of %s failed; retrying", job_id, exc_info=True)
+                    if now - failing_since > self.give_up_seconds:
+                        raise
+                    await asyncio.sleep(min(5.0, self.poll_seconds * 4))
+                    continue
+                failing_since = None
                 async with feed.changed:
                     feed.events.extend(events)
                     if len(feed.events) > self.keep:  # followers behind the kept window read the rest themselves
@@ -183,8 +192,8 @@ class EventHub:
                     pending = [e for e in feed.events if e["id"] > cursor]
                     if not pending:
                         if feed.done:
-                            if feed.error is not None:
-                                raise feed.error
+                            if feed.error is not None:  # said in-band: the stream's status is sent already
+                                yield error_event(feed.error)
                             return
                         try:
                             await asyncio.wait_for(feed.changed.wait(), self.keepalive_seconds)
@@ -198,6 +207,15 @@ class EventHub:
                     yield sse(ev)
         finally:
             feed.subscribers -= 1
+
+
+def error_event(exc: BaseException) -> str:
+    from api.errors import error_body, status_of
+
+    _, type_ = status_of(exc)
+    message = getattr(exc, "message", None) or f"reading the job's events failed ({type(exc).__name__}); reconnect " \
+        "with Last-Event-ID to resume"
+    return f"event: error\ndata: {json.dumps(error_body(type_, message))}\n\n"
 
 
 def sse(event: dict[str, Any]) -> str:

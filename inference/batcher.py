@@ -44,8 +44,11 @@ class Batcher:
     def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int,
                  on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0,
                  cost: Callable[[Any], int] | None = None, max_cost: int = 0,
-                 wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None) -> None:
+                 wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None,
+                 also_queued: Callable[[], int] | None = None) -> None:
         self.fn = fn
+        # Requests for the same model waiting elsewhere (streams), counted against `max_queue` too.
+        self.also_queued = also_queued
         self.executor = executor
         self.cost = cost
         self.max_cost = max_cost
@@ -69,11 +72,12 @@ class Batcher:
 
     async def submit(self, items: list[Any], *, timeout: float,
                      is_disconnected: Callable[[], Awaitable[bool]] | None = None) -> list[Any]:
-        if self._queued_items + len(items) > self.max_queue:
+        queued = self._queued_items + (self.also_queued() if self.also_queued is not None else 0)
+        if queued + len(items) > self.max_queue:
             metrics.REJECTED.labels(model=self.model, reason="queue_full").inc()
             batches_ahead = max(1, self._queued_items // self.max_batch_size)
             raise RateLimited(
-                f"model {self.model} has {self._queued_items} inputs queued (limit {self.max_queue}); retry later",
+                f"model {self.model} has {queued} inputs queued (limit {self.max_queue}); retry later",
                 retry_after=max(1.0, batches_ahead * self._busy_seconds),
             )
         loop = asyncio.get_running_loop()

@@ -189,6 +189,7 @@ class InferenceService:
                 max_batch_size=self.settings.max_batch_size, max_wait=self.settings.max_batch_wait_ms / 1000,
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._forget(key),
                 cost=lambda item: estimated_tokens(item) + extra_tokens, max_cost=self.settings.max_batch_tokens,
+                also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
             )
             self._batchers[key] = batcher
         return batcher

@@ -32,6 +32,7 @@ MAX_JSON_DEPTH = 32          # nested objects/lists in one JSON value (a row of 
 MAX_INT_DIGITS = 100         # digits of one JSON integer (int() of a long digit string is quadratic)
 MAX_ROW_BYTES = 32 * 1024 * 1024  # one CSV/JSONL line, one .json item, one .txt document
 MAX_COLUMNS = 1000
+MAX_COLUMN_NAME = 256  # characters
 PREVIEW_ROWS = 5
 PREVIEW_BYTES = 64 * 1024    # the preview's JSON, whatever its cells hold
 PREVIEW_CELL_CHARS = 1000    # a longer string cell is cut (then shorter still if the preview is over its bytes)
@@ -164,6 +165,10 @@ def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
     except csv.Error as exc:
         raise DataFileError(f"malformed CSV header: {exc}") from exc
     header = [h.strip() for h in header]
+    long = next((h for h in header if len(h) > MAX_COLUMN_NAME), None)
+    if long is not None:
+        raise DataFileError(f"a column name is {len(long)} characters ({long[:40]!r}…); at most {MAX_COLUMN_NAME} "
+                            "are allowed")
     if not any(header):
         raise DataFileError("CSV header is empty: the first line must name the columns")
     if len(set(header)) != len(header):
@@ -359,8 +364,9 @@ def _decoded_bytes(array: pa.Array) -> int:
         return array.indices.nbytes + len(array) * width
     if pa.types.is_struct(type_):
         return sum(_decoded_bytes(child) for child in array.flatten()) + len(array) // 8
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_) \
-            or pa.types.is_map(type_):
+    if pa.types.is_map(type_):  # no flatten kernel for maps: their keys and items are two arrays
+        return _decoded_bytes(array.keys) + _decoded_bytes(array.items) + 8 * len(array)
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
         return _decoded_bytes(array.flatten()) + 8 * len(array)
     return int(array.nbytes)
 
@@ -582,16 +588,22 @@ class Profiler:
         if column is None:
             if len(self.columns) >= MAX_COLUMNS:
                 raise DataFileError(f"more than {MAX_COLUMNS} columns")
+            if len(name) > MAX_COLUMN_NAME:  # names are echoed in every response and message about the dataset
+                raise DataFileError(f"a column name is {len(name)} characters ({name[:40]!r}…); at most "
+                                    f"{MAX_COLUMN_NAME} are allowed")
             column = self.columns[name] = _Column()
             if self.rows > 1:  # the rows before this one did not have it
                 column.kinds["null"] = [self.rows - 1, 1]
         return column
 
+    def _drop_counts(self, column: _Column) -> None:
+        """Stop counting a column's values, and give back the characters its strings took of the budget."""
+        self.counted_chars -= sum(len(value) for _, value in column.counts or {} if isinstance(value, str))
+        column.counts = None
+
     def _drop_largest_counts(self) -> None:
         counted = [c for c in self.columns.values() if c.counts]
-        largest = max(counted, key=lambda c: len(c.counts or ()))
-        self.counted_chars -= sum(len(value) for _, value in largest.counts or {} if isinstance(value, str))
-        largest.counts = None
+        self._drop_counts(max(counted, key=lambda c: len(c.counts or ())))
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows += 1
@@ -610,14 +622,14 @@ class Profiler:
             if counts is None or kind == "null":
                 continue
             if kind not in _COUNTABLE or (kind in ("string", "blank") and len(value) > MAX_COUNTED_CHARS):
-                column.counts = None
+                self._drop_counts(column)
                 continue
             key = (kind, value)
             if key in counts:
                 counts[key] += 1
                 continue
             if len(counts) >= MAX_DISTINCT:
-                column.counts = None
+                self._drop_counts(column)
                 continue
             counts[key] = 1
             if isinstance(value, str):

@@ -43,7 +43,11 @@ def get_engine(url: str | None = None) -> Engine:
                 engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                # A server that stops answering (a partition: packets dropped, no reset) must fail a query within
+                # seconds, not when TCP gives up minutes later: the worker's lease and heartbeat depend on it.
+                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={
+                    "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                    "keepalives_count": 3, "tcp_user_timeout": 30_000})
             _engines[url] = engine
             _makers[url] = sessionmaker(engine, expire_on_commit=False)
         return engine
@@ -115,8 +119,9 @@ def in_session(fn: Callable[[Session], T], *, retry_for: float, what: str) -> T:
     """Run `fn` in a transaction of its own, again while the database fails transiently, for up to `retry_for`
     seconds; then the last error propagates.
 
-    `fn` must be safe to run twice: a commit whose reply was lost may have taken effect (the fenced writes in
-    registry/jobs are).
+    A commit whose reply was lost may have taken effect, so `fn` runs again after it: the fenced status, progress
+    and registration writes in registry/jobs are safe to repeat; an appended event (a metrics or log line) may
+    then appear twice, with two ids. A terminal status event never does (`finish` writes an outcome once).
     """
     deadline = time.monotonic() + retry_for
     delay = 0.1

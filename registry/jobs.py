@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, select, text, update
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, NotFound
@@ -239,6 +239,13 @@ def is_cancel_requested(session: Session, job_id: str, *, fence: Fence | None = 
     if flag is None:
         raise Superseded(fence)
     return bool(flag)
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialize this transaction with the owner's other submissions until it ends, so that a count of their
+    active jobs followed by an insert is one step (PostgreSQL; SQLite serializes every writer already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(804203, hashtext(:owner))"), {"owner": owner})
 
 
 def active_jobs_of(session: Session, owner: str) -> int:

@@ -114,7 +114,6 @@ class RegisteredModel(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (Index("ix_model_versions_owner_task", "owner", "task"),)
 
     name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

@@ -12,6 +12,7 @@ commit (replacing it before would let a reader cache the old value under the new
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from itertools import chain
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 
+log = logging.getLogger("ftserve.registry")
 FILE_NAME = "registry.stamp"
 STAMP_DIR = "registry_stamp_dir"  # session.info key: where this session's commits stamp
 _CHANGED = "registry_changed"
@@ -49,19 +51,24 @@ def bump(data_dir: Path) -> None:
 
 @event.listens_for(Session, "after_flush")
 def _mark(session: Session, _flush_context: Any) -> None:
-    if (STAMP_DIR in session.info and any(
-        isinstance(obj, ModelVersion | ModelAlias) for obj in chain(session.new, session.dirty, session.deleted)
-    )) or any(
-        # A new model has no version to resolve to yet; a changed (visibility) or deleted one changes who may.
-        isinstance(obj, RegisteredModel) for obj in chain(session.dirty, session.deleted)
-    ):
+    if STAMP_DIR not in session.info:
+        return
+    if any(isinstance(obj, ModelVersion | ModelAlias) for obj in chain(session.new, session.dirty, session.deleted)
+           # A new model has no version to resolve to yet; a changed (visibility) or deleted one changes who may.
+           ) or any(isinstance(obj, RegisteredModel) for obj in chain(session.dirty, session.deleted)):
         session.info[_CHANGED] = True
 
 
 @event.listens_for(Session, "after_commit")
 def _stamp(session: Session) -> None:
     if session.info.pop(_CHANGED, False):
-        bump(Path(session.info[STAMP_DIR]))
+        try:
+            bump(Path(session.info[STAMP_DIR]))
+        except OSError:
+            # The commit stands (a raise here would make the caller undo work that is committed, e.g. unpublish a
+            # registered version's files); servers keep their cached resolutions until the next bump gets through.
+            log.exception("could not replace the registry stamp; cached model resolutions may lag until the next "
+                          "registry change")
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -14,7 +14,9 @@ from core.errors import Conflict, NotFound, ValidationFailed
 from registry.access import EVERYONE, Viewer
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 
-_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d+)|@(?P<alias>[a-z0-9][a-z0-9._-]{0,63}))?$")
+_REF = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d{1,10})|@(?P<alias>[a-z0-9][a-z0-9._-]{0,63}))?$")
+MAX_VERSION = 2**31 - 1  # versions are a 32-bit column: a larger number names no version
 ENDPOINTS = {
     "classification": "/classify",
     "question-answering": "/answer",
@@ -35,6 +37,8 @@ def parse_ref(ref: str) -> ParsedRef | None:
     if not m:
         return None
     version = m.group("version")
+    if version and int(version) > MAX_VERSION:
+        return None
     return ParsedRef(m.group("name"), int(version) if version else None, m.group("alias"))
 
 

@@ -74,7 +74,6 @@ def check_columns(present: list[str], columns: dict[str, str], *, what: str) -> 
     """Every mapped column must exist; the message names it and the columns present."""
     for field, column in columns.items():
         if column not in present:
+            listed = ", ".join(present[:50]) + (f", … ({len(present)} in all)" if len(present) > 50 else "")
             raise ValidationFailed(
-                f"column '{column}' (for field '{field}') not found in {what}; "
-                f"columns are: {', '.join(present)}"
-            )
+                f"column '{column}' (for field '{field}') not found in {what}; columns are: {listed}")

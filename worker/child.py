@@ -215,9 +215,9 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
     """Publish the staged version and register it, in one transaction that holds the fence from its first
     statement: a stale attempt publishes and registers nothing.
 
-    The directory is renamed into place before the commit (a committed row always has its files). If the
-    commit fails the rename is undone, under a lock per model name so that no other job re-uses the number
-    meanwhile; if it is unknown whether the commit took effect, the row says.
+    The directory is renamed into place before the commit (a committed row always has its files). If anything
+    fails once the commit is under way, the row says whether it took effect; if it did not, the rename is undone,
+    under a lock per model name so that no other job re-uses the number meanwhile.
     """
     from training import model_card
 
@@ -259,7 +259,9 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                 return version
             except BaseException as exc:
                 if published and version is not None:
-                    if committing and isinstance(exc, DBAPIError) and _registered(fence, version, retry_for):
+                    # Whatever failed once the commit was under way (a lost reply, an error in a commit hook), the
+                    # row decides: unpublishing the files of a committed version would leave it without weights.
+                    if committing and _registered(fence, version, retry_for):
                         return version
                     store.unpublish(name, version, staging)
                 if isinstance(exc, IntegrityError) and not committing and collisions < 5:

@@ -87,6 +87,34 @@ class _Heartbeat(threading.Thread):
                 return
 
 
+class _CancelWatch(threading.Thread):
+    """Reads the job's cancel flag every second; `requested_at` is when it was first seen set."""
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(daemon=True, name=f"cancel-watch-{fence.job_id}")
+        self.fence = fence
+        self.stopped = threading.Event()
+        self.requested_at: float | None = None
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopped.wait(1.0):
+            try:
+                with session_scope() as s:
+                    requested = jobrepo.is_cancel_requested(s, self.fence.job_id)
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                if failures == 1:  # the heartbeat decides how long the run may go on like this
+                    log.warning("cancel check of %s failed (%s); going on", self.fence, exc.orig)
+                continue
+            failures = 0
+            if requested:
+                self.requested_at = time.monotonic()
+                return
+
+
 def execute_job(job_id: str, *, settings: Settings) -> str | None:
     """Returns the job's final status, or None when the job was not ours to run (or no longer is)."""
     worker_id = worker_identity()
@@ -110,7 +138,10 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
     vouch_for = settings.lease_seconds - settings.heartbeat_seconds
     started = time.monotonic()
     cancel_seen_at: float | None = None
-    cancel_check_failures = 0
+    # In threads of their own: this loop decides the SIGKILL that fencing relies on and must never wait on a
+    # database that hangs (a partition drops packets: a query can block for minutes).
+    cancel_watch = _CancelWatch(fence)
+    cancel_watch.start()
     timed_out = False
     term_sent_at: float | None = None
     abandoned: str | None = None
@@ -135,19 +166,10 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
                     _signal_group(proc, signal.SIGKILL)
                     proc.wait()
                     break
+                if cancel_seen_at is None and cancel_watch.requested_at is not None:
+                    cancel_seen_at = cancel_watch.requested_at
                 if now - last_check >= 1.0:
                     last_check = now
-                    try:
-                        with session_scope() as s:
-                            if cancel_seen_at is None and jobrepo.is_cancel_requested(s, job_id):
-                                cancel_seen_at = now
-                        cancel_check_failures = 0
-                    except DBAPIError as exc:
-                        if not is_transient(exc):
-                            raise
-                        cancel_check_failures += 1
-                        if cancel_check_failures == 1:  # the heartbeat decides how long we go on like this
-                            log.warning("cancel check of %s failed (%s); going on", fence, exc.orig)
                     if not timed_out and now - started > settings.max_job_seconds:
                         timed_out = True
                         log.warning("job %s exceeded max duration; stopping it", job_id)
@@ -164,6 +186,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
             heartbeat.stopped.set()
+            cancel_watch.stopped.set()
             heartbeat.join(timeout=5)
 
     if abandoned is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ import anyio
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ from api.schemas import job_out, page
 from api.streams import EventHub, SlotStream, StreamSlots
 from core.errors import Conflict, RateLimited, ValidationFailed
 from core.ids import new_id
+from core.settings import get_settings
 from registry import jobs as jobrepo
 from registry import versions
 from registry.access import EVERYONE, Viewer
@@ -82,6 +84,21 @@ def _resolve_base_model(session: Session, spec: JobSpec, viewer: Viewer) -> str:
     return f"hub:{spec.base_model}"
 
 
+def _check_not_a_cached_hub_model(session: Session, name: str) -> None:
+    """A bare registered name wins over a hub id spelled the same, for every key that may not use it a 404: a new
+    name that is a hub model this server has cached (`gpt2`, `t5-small`) would take that base model from
+    everyone."""
+    if session.get(RegisteredModel, name) is not None:
+        return  # the name is registered already: this job adds a version
+    from huggingface_hub import try_to_load_from_cache
+
+    # The cache this process's libraries load from (HF_HOME is set at start; read now, not at import).
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", get_settings().hf_home), "hub")
+    if isinstance(try_to_load_from_cache(repo_id=name, filename="config.json", cache_dir=cache), str):
+        raise Conflict(f"model_name '{name}' is a Hugging Face model in this server's cache; a registered model of "
+                       "that name would hide it as a base_model from every other key: choose another model_name")
+
+
 def _check_data(session: Session, store: ArtifactStore, spec: JobSpec, viewer: Viewer) -> None:
     """Uploaded datasets are checked now, so a bad column or label set is a 422, not a failed job.
 
@@ -121,8 +138,10 @@ def _first_with_key(session: Session, owner: str, key: str, request_hash: str) -
     """The job an earlier request with this Idempotency-Key created (within 24 h), checked against this body."""
     first = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
     if first is not None and jobrepo.as_utc(first.created_at) < jobrepo.utcnow() - IDEMPOTENCY_TTL:
-        first.idempotency_key = None  # keys are kept 24 h; after that the key starts a new job
-        session.flush()
+        # Keys are kept 24 h; after that the key starts a new job. Freed in a transaction of its own: a write
+        # here would hold SQLite's write lock through the data checks that follow (and block every heartbeat).
+        with session_scope() as own:
+            own.execute(update(Job).where(Job.id == first.id).values(idempotency_key=None))
         return None
     if first is not None and first.request_hash != request_hash:
         raise Conflict("Idempotency-Key was already used with a different request body")
@@ -140,21 +159,24 @@ def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[s
     job_id = new_id("job")
     spec = build_spec(request, default_model_name=job_id)
     versions.check_name_free(session, name=spec.model_name, task=spec.task, viewer=viewer)
+    _check_not_a_cached_hub_model(session, spec.model_name)
     if spec.task not in implemented():
         raise ValidationFailed(f"task '{spec.task}' is not available yet; available: {', '.join(implemented())}")
     resolved = _resolve_base_model(session, spec, viewer)
     _check_data(session, store, spec, viewer)
-    active = jobrepo.active_jobs_of(session, owner)
-    if active >= max_active:
-        # Per owner, so that one key cannot fill the queue that every key's jobs wait in.
-        raise RateLimited(f"{active} of your jobs are queued or running (the limit is {max_active} per owner, "
-                          "FTSERVE_MAX_ACTIVE_JOBS_PER_OWNER); wait for one to finish or cancel one",
-                          retry_after=30)
     job = Job(id=job_id, owner=owner, task=spec.task, spec=json.loads(spec.model_dump_json()),
               model_name=spec.model_name, base_model_resolved=resolved, dataset_id=spec.dataset.id,
               validation_dataset_id=spec.validation.id, idempotency_key=idempotency_key,
               request_hash=request_hash)
+    # Per owner, so that one key cannot fill the queue that every key's jobs wait in. Counted after the insert,
+    # under the owner's lock: concurrent submissions cannot all pass a count taken before any of them wrote.
+    jobrepo.lock_owner(session, owner)
     jobrepo.create_job(session, job)
+    active = jobrepo.active_jobs_of(session, owner)
+    if active > max_active:
+        raise RateLimited(f"{active - 1} of your jobs are queued or running (the limit is {max_active} per owner, "
+                          "FTSERVE_MAX_ACTIVE_JOBS_PER_OWNER); wait for one to finish or cancel one",
+                          retry_after=30)
     return job, True
 
 

@@ -9,6 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.deps import ViewerDep
+from core.errors import Forbidden
+
 router = APIRouter(tags=["service"])
 
 
@@ -45,5 +48,8 @@ async def readyz() -> Any:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(viewer: ViewerDep) -> Response:
+    # Labels name every owner's model versions: with keys, only an admin key (a scraper's) may read them.
+    if not viewer.admin:
+        raise Forbidden("/metrics shows every owner's models; it needs an admin key (FTSERVE_ADMIN_KEYS)")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -297,3 +297,36 @@ def test_question_answering_row_check_is_cached(api: TestClient, no_enqueue: lis
     r = api.post("/jobs", json={**body, "dataset": {"id": good["id"]},
                                 "columns": {"question": "context", "context": "context", "answers": "answers"}})
     assert r.status_code in (409, 422), r.text
+
+
+def test_a_json_body_to_the_upload_route_has_the_body_cap(api: TestClient) -> None:
+    """Only a multipart upload streams to disk; a JSON body to /datasets is read into memory, so it gets the
+    (smaller) body cap, not the upload cap."""
+    body = json.dumps({"rows": ["x" * 1000] * 100})  # 100 KB: over the 64 KiB body cap, under the 1 MiB upload cap
+    err(api.post("/datasets", content=body, headers={"content-type": "application/json"}), 413, "payload_too_large")
+    healthy(api)
+
+
+def test_parquet_map_columns_are_counted_and_read(api: TestClient) -> None:
+    maps = pa.array([[("k", "v" * 10)], [], [("a", "b"), ("c", "d")]], pa.map_(pa.string(), pa.string()))
+    table = pa.table({"text": ["a", "b", "c"], "label": [0, 1, 0], "meta": maps})
+    r = upload(api, parquet_bytes(table), "maps.parquet")
+    assert r.status_code == 201, r.text
+    assert api.get(f"/datasets/{r.json()['id']}").status_code == 200
+    # A map column over the decompressed cap is refused like any other.
+    big = pa.array([[("k", "v" * 1_000_000)]] * 10, pa.map_(pa.string(), pa.string()))
+    table = pa.table({"text": ["a"] * 10, "label": [0] * 10, "meta": big})
+    msg = err(upload(api, parquet_bytes(table, compression="zstd", use_dictionary=False), "bigmap.parquet"), 422,
+              "validation_error")
+    assert "decompressed" in msg
+    healthy(api)
+
+
+@pytest.mark.parametrize(("filename", "content"), [
+    ("wide.csv", ("text," + "c" * 300 + "\na,b\n").encode()),
+    ("wide.jsonl", (json.dumps({"text": "a", "c" * 300: 1}) + "\n").encode()),
+])
+def test_column_names_are_bounded(api: TestClient, filename: str, content: bytes) -> None:
+    msg = err(upload(api, content, filename), 422, "validation_error")
+    assert "256" in msg and filename in msg
+    assert stored_files() == [] and dataset_rows() == 0

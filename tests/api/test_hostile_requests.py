@@ -138,3 +138,26 @@ def test_idempotency_race_compares_the_body(api: TestClient, monkeypatch: pytest
     monkeypatch.setattr(jobs_route, "_first_with_key", real)
     a, b = (api.post("/jobs", json=job_body(ds)).json()["id"] for _ in range(2))
     assert a != b
+
+
+def test_version_numbers_past_32_bits_name_no_version(api: TestClient) -> None:
+    register("m", owner="default")
+    for ref in ("m:99999999999999999999", f"m:{2**31}"):
+        assert ref in err(api.post("/classify", json={"model": ref, "inputs": ["x"]}), 404, "not_found")
+        msg = err(api.post("/jobs", json=job_body(dataset(api), base_model=ref)), 422, "validation_error")
+        assert "base_model" in msg
+    healthy(api)
+
+
+def test_a_new_model_name_cannot_hide_a_cached_hub_model(api: TestClient, tmp_path: Any) -> None:
+    """`model_name: "gpt2"` on a server that has hub `gpt2` cached would make the bare name `gpt2` a registered
+    model: every other key's `base_model: "gpt2"` would then be a 404 instead of the hub model."""
+    from core.hfcache import place_in_cache
+
+    src = tmp_path / "gpt2-src"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "gpt2"}')
+    place_in_cache(src, hf_home=tmp_path / "hf", repo_id="tinyhub")
+    msg = err(api.post("/jobs", json=job_body(dataset(api), model_name="tinyhub")), 409, "conflict")
+    assert "tinyhub" in msg and "cache" in msg
+    assert api.post("/jobs", json=job_body(dataset(api), model_name="not-cached")).status_code == 201

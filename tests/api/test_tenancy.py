@@ -31,8 +31,9 @@ COVERED = {
     ("GET", "/models/{name}/versions/{version}"), ("PUT", "/models/{name}/aliases/{alias}"),
     ("DELETE", "/models/{name}/aliases/{alias}"),
     ("POST", "/classify"), ("POST", "/answer"), ("POST", "/summarize"), ("POST", "/generate"),
+    ("GET", "/metrics"),  # test_metrics_are_for_admin_keys
 }
-OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
 
 
 class As:
@@ -159,6 +160,24 @@ def test_predict_routes_resolve_among_the_callers_models(api: TestClient) -> Non
         assert "no " in err(bob.post(path, json=body), 404, "not_found")  # none of his own
     assert "'alice-gen'" in err(bob.post("/generate", json={"prompt": "x", "model": "alice-gen", "stream": True}),
                                 404, "not_found")
+
+
+def test_metrics_are_for_admin_keys(api: TestClient) -> None:
+    alice, bob, root = As(api, "alice"), As(api, "bob"), As(api, "root")
+    register("alice-secret", owner="alice")
+    err(alice.post("/classify", json={"model": "alice-secret", "inputs": ["x"]}), 503, "not_ready")
+    assert "admin key" in err(bob.get("/metrics"), 403, "forbidden")
+    assert "admin key" in err(alice.get("/metrics"), 403, "forbidden")
+    assert 'model="alice-secret:1"' in root.get("/metrics").text
+
+
+def test_idempotency_keys_are_per_owner(api: TestClient) -> None:
+    alice, bob = As(api, "alice"), As(api, "bob")
+    a = alice.post("/jobs", json=job_body(alice.post("/datasets", files={"file": ("a.csv", GOOD_CSV)}).json()["id"]),
+                   headers={"Idempotency-Key": "same"})
+    b = bob.post("/jobs", json=job_body(bob.post("/datasets", files={"file": ("b.csv", GOOD_CSV)}).json()["id"]),
+                 headers={"Idempotency-Key": "same"})
+    assert a.status_code == b.status_code == 201 and a.json()["id"] != b.json()["id"]
 
 
 def test_active_jobs_are_capped_per_owner(make_api: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch

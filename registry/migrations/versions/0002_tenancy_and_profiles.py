@@ -21,8 +21,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('visibility', sa.String(length=16), nullable=False,
                                       server_default='private'))
         batch_op.create_index(batch_op.f('ix_models_owner'), ['owner'], unique=False)
-    with op.batch_alter_table('model_versions', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_model_versions_owner_task'), ['owner', 'task'], unique=False)
     with op.batch_alter_table('datasets', schema=None) as batch_op:
         batch_op.add_column(sa.Column('profile', sa.JSON(), nullable=True))
         batch_op.alter_column('size_bytes', existing_type=sa.Integer(), type_=sa.BigInteger(),
@@ -44,8 +42,6 @@ def downgrade() -> None:
         batch_op.alter_column('size_bytes', existing_type=sa.BigInteger(), type_=sa.Integer(),
                               existing_nullable=False)
         batch_op.drop_column('profile')
-    with op.batch_alter_table('model_versions', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_model_versions_owner_task'))
     with op.batch_alter_table('models', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_models_owner'))
         batch_op.drop_column('visibility')
