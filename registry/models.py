@@ -55,11 +55,15 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
+        Index("ix_jobs_model_kind", "model_name", "model_version", "kind"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
+    # "train" (the spec is a JobSpec), "import" (a hub model into the registry), "push" (a version to the Hub),
+    # "evaluate" (a version on a dataset). Push and evaluate jobs name their version in model_name/model_version.
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     task: Mapped[str] = mapped_column(String(32))
     # The validated request (base_model, dataset, validation, columns, hyperparameters, model_name).
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -80,6 +84,12 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(16), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    # What a non-training job produced: push {url, commit, repo_id}; evaluate {metrics, dataset_sha256}.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # A push request's Hub token: never in a response, event, log or broker message; wiped when the job ends.
+    secret: Mapped[str | None] = mapped_column(Text, default=None)
+    # A training job's promotion decision: {alias, metric, new, current, moved}.
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     idempotency_key: Mapped[str | None] = mapped_column(String(256), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -128,6 +138,11 @@ class ModelVersion(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path: Mapped[str] = mapped_column(String(1024))
+    # Where the version came from: {source: trained|imported, job_id, base_model, base_revision, dataset,
+    # libraries, device, training_seconds}.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # A deleted version keeps its row (and so its number, never reused); its files are gone.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
