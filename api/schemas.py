@@ -43,6 +43,7 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
                  "ref": f"{job.model_name}:{job.model_version}"}
     return {
         "id": job.id,
+        "kind": job.kind or "train",
         "status": job.status,
         "task": job.task,
         "base_model": spec.get("base_model"),
@@ -60,6 +61,8 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "metrics": job.metrics,
         "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
         "model": model,
+        "result": job.result,
+        "promotion": job.promotion,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

@@ -182,14 +182,17 @@ def finish(
     error_message: str | None = None,
     metrics: dict[str, Any] | None = None,
     model_version: int | None = None,
+    result: dict[str, Any] | None = None,
 ) -> None:
     """The attempt's outcome, written once; raises Superseded when another attempt or the reconciler owns the
     row. Writing the same outcome again is a no-op, so a retry after a commit whose reply was lost does not add
-    a second terminal event."""
+    a second terminal event. A job's secret (a push's Hub token) is wiped with it, whatever the outcome."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error_type": error_type,
-                              "error_message": error_message}
+                              "error_message": error_message, "secret": None}
     if metrics is not None:
         values["metrics"] = metrics
+    if result is not None:
+        values["result"] = result
     if model_version is not None:
         values["model_version"] = model_version
     result = session.execute(_update_where(_fenced(job_id, fence).matches()).values(**values))
@@ -217,6 +220,7 @@ def request_cancel(session: Session, job_id: str, *, viewer: Viewer = EVERYONE) 
     if job.status == QUEUED:
         job.status = CANCELLED
         job.finished_at = utcnow()
+        job.secret = None
         add_event(session, job_id, "status", "job cancelled before it started", {"status": CANCELLED})
     else:
         job.status = CANCELLING

@@ -287,13 +287,34 @@ def _registered(fence: Fence, version: int, retry_for: float) -> bool:
 
 def _read_job(fence: Fence) -> Callable[[Session], tuple[JobSpec, str]]:
     def read(s: Session) -> tuple[JobSpec, str]:
-        job = jobrepo.get_job(s, fence.job_id)
-        if (job.worker_id, job.attempt) != (fence.worker_id, fence.attempt) or job.status not in jobrepo.LIVE:
-            raise Superseded(fence)
-        spec = JobSpec.model_validate(job.spec)
-        return spec, job.base_model_resolved or f"hub:{spec.base_model}"
+        spec = JobSpec.model_validate(own_row(s, fence).spec)
+        return spec, jobrepo.get_job(s, fence.job_id).base_model_resolved or f"hub:{spec.base_model}"
 
     return read
+
+
+def own_row(s: Session, fence: Fence) -> Any:
+    job = jobrepo.get_job(s, fence.job_id)
+    if (job.worker_id, job.attempt) != (fence.worker_id, fence.attempt) or job.status not in jobrepo.LIVE:
+        raise Superseded(fence)
+    return job
+
+
+def _read_kind(fence: Fence) -> Callable[[Session], str]:
+    return lambda s: str(own_row(s, fence).kind or "train")
+
+
+def failure_outcome(job_id: str, exc: Exception) -> dict[str, Any]:
+    """The row's outcome for an exception that ends an attempt: a user error (its message says what to fix) or
+    a system one (its type and message, paths scrubbed)."""
+    if isinstance(exc, UserError | ValidationFailed | Conflict):
+        log.info("job %s failed (user): %s", job_id, exc.message)
+        return {"status": jobrepo.FAILED, "error_type": "user", "error_message": scrub_paths(exc.message)}
+    log.exception("job %s failed (system)", job_id)
+    message = scrub_paths(f"{type(exc).__name__}: {exc}")
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        message = f"out of memory ({message}); lower batch_size or max_length"
+    return {"status": jobrepo.FAILED, "error_type": "system", "error_message": message[:4000]}
 
 
 def run_attempt(fence: Fence, settings: Settings) -> int:
@@ -302,13 +323,17 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
     callbacks = JobCallbacks(fence, settings)
     job_id, attempt = fence.job_id, fence.attempt
     try:
+        kind = callbacks.write("reading the job", _read_kind(fence))
+        if kind != "train":
+            from worker.operations import run_operation
+
+            return run_operation(kind, fence, settings=settings, store=store, callbacks=callbacks)
         spec, resolved = callbacks.write("reading the job", _read_job(fence))
     except Superseded as exc:
         log.warning("%s; not starting", exc)
         return EXIT_SUPERSEDED
     from training.runner import Cancelled, run  # torch: only for an attempt that owns its job
     staging = store.staging_dir(spec.model_name, job_id, attempt)
-    outcome: dict[str, Any]
     try:
         resume_from = link_resume_point(store, job_id=job_id, attempt=attempt)
         if resume_from is not None:
@@ -333,35 +358,43 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
         _clean_up(store, job_id=job_id, model_name=spec.model_name)
         return 0
-    except Superseded as exc:
-        log.warning("%s; stopping without writing anything else", exc)
-        return EXIT_SUPERSEDED
     except Cancelled:
-        outcome = {"status": jobrepo.CANCELLED}
-    except (UserError, ValidationFailed, Conflict) as exc:
-        log.info("job %s failed (user): %s", job_id, exc.message)
-        outcome = {"status": jobrepo.FAILED, "error_type": "user", "error_message": scrub_paths(exc.message)}
+        outcome: dict[str, Any] | int = {"status": jobrepo.CANCELLED}
     except Exception as exc:
-        if isinstance(exc, DBAPIError) and is_transient(exc):
-            # The job could go on; failing it would blame the user's job for our database. The supervisor
-            # gives the attempt back to the queue.
-            log.error("%s: the database stayed unavailable for %.0fs (%s); stopping this attempt without "
-                      "writing", fence, settings.lease_seconds, exc.orig)
-            return EXIT_DB_UNAVAILABLE
-        log.exception("job %s failed (system)", job_id)
-        message = scrub_paths(f"{type(exc).__name__}: {exc}")
-        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-            message = f"out of memory ({message}); lower batch_size or max_length"
-        outcome = {"status": jobrepo.FAILED, "error_type": "system", "error_message": message[:4000]}
+        outcome = outcome_of(fence, exc, settings)
     finally:
         _remove(staging)
+    code = write_outcome(callbacks, outcome)
+    if code == 0 and isinstance(outcome, dict) and outcome["status"] == jobrepo.CANCELLED:
+        _clean_up(store, job_id=job_id, model_name=spec.model_name)
+    return code
+
+
+def outcome_of(fence: Fence, exc: Exception, settings: Settings) -> dict[str, Any] | int:
+    """The job's outcome for an exception that ended the attempt, or the exit code of an attempt that must
+    write nothing (it lost the row; the database stayed away)."""
+    if isinstance(exc, Superseded):
+        log.warning("%s; stopping without writing anything else", exc)
+        return EXIT_SUPERSEDED
+    if isinstance(exc, DBAPIError) and is_transient(exc):
+        # The job could go on; failing it would blame the user's job for our database. The supervisor gives the
+        # attempt back to the queue.
+        log.error("%s: the database stayed unavailable for %.0fs (%s); stopping this attempt without writing",
+                  fence, settings.lease_seconds, exc.orig)
+        return EXIT_DB_UNAVAILABLE
+    return failure_outcome(fence.job_id, exc)
+
+
+def write_outcome(callbacks: JobCallbacks, outcome: dict[str, Any] | int) -> int:
+    """Write the outcome, fenced; returns the child's exit code."""
+    if isinstance(outcome, int):
+        return outcome
+    fence = callbacks.fence
     try:
-        callbacks.write("the outcome", lambda s: jobrepo.finish(s, job_id, fence=fence, **outcome))
+        callbacks.write("the outcome", lambda s: jobrepo.finish(s, fence.job_id, fence=fence, **outcome))
     except Superseded as exc:
         log.warning("%s; its outcome (%s) is not written", exc, outcome["status"])
         return EXIT_SUPERSEDED
-    if outcome["status"] == jobrepo.CANCELLED:
-        _clean_up(store, job_id=job_id, model_name=spec.model_name)
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 from datetime import timedelta
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Header, Path, Query, Request
@@ -168,16 +168,38 @@ def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[s
               model_name=spec.model_name, base_model_resolved=resolved, dataset_id=spec.dataset.id,
               validation_dataset_id=spec.validation.id, idempotency_key=idempotency_key,
               request_hash=request_hash)
-    # Per owner, so that one key cannot fill the queue that every key's jobs wait in. Counted after the insert,
-    # under the owner's lock: concurrent submissions cannot all pass a count taken before any of them wrote.
-    jobrepo.lock_owner(session, owner)
+    _insert_capped(session, job, max_active=max_active)
+    return job, True
+
+
+def _insert_capped(session: Session, job: Job, *, max_active: int) -> None:
+    """Insert a queued job, within its owner's cap of active jobs (429 beyond it).
+
+    Per owner, so that one key cannot fill the queue that every key's jobs wait in. Counted after the insert,
+    under the owner's lock: concurrent submissions cannot all pass a count taken before any of them wrote."""
+    jobrepo.lock_owner(session, job.owner)
     jobrepo.create_job(session, job)
-    active = jobrepo.active_jobs_of(session, owner)
+    active = jobrepo.active_jobs_of(session, job.owner)
     if active > max_active:
         raise RateLimited(f"{active - 1} of your jobs are queued or running (the limit is {max_active} per owner, "
                           "FTSERVE_MAX_ACTIVE_JOBS_PER_OWNER); wait for one to finish or cancel one",
                           retry_after=30)
-    return job, True
+
+
+def submit_operation(session: Session, viewer: Viewer, *, kind: str, id_prefix: str, task: str,
+                     spec: dict[str, Any], model_name: str, model_version: int | None = None,
+                     secret: str | None = None) -> Job:
+    """Queue a job of another kind than training (import, push, evaluate: worker/operations.py), committed
+    before its message is sent like any job. `spec` is stored and shown; a `secret` (a Hub token) is not."""
+    job = Job(id=new_id(id_prefix), owner=viewer.owner, kind=kind, task=task, spec=spec, model_name=model_name,
+              model_version=model_version, secret=secret)
+    _insert_capped(session, job, max_active=get_settings().max_active_jobs_per_owner)
+    session.commit()
+    try:
+        send_job(job.id)
+    except Exception:
+        log.exception("could not enqueue %s now; the reconciler will re-send it", job.id)
+    return job
 
 
 @router.post("", status_code=201)
@@ -219,10 +241,14 @@ def submit_job(
 def list_jobs(
     viewer: ViewerDep,
     status: Annotated[str | None, Query(max_length=16)] = None,
+    kind: Annotated[Literal["train", "import", "push", "evaluate"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
+    """The caller's jobs of every kind (training runs, imports, pushes, evaluations), newest first."""
     stmt = select(Job).where(viewer.owner_filter(Job.owner))
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
     if status is not None:
         if status not in STATUSES:
             raise ValidationFailed(f"unknown status '{status}'; allowed: {', '.join(STATUSES)}")
