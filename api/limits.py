@@ -10,6 +10,7 @@ until it fails.
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +19,8 @@ from core.errors import PayloadTooLarge
 from registry.datafiles import JsonBoundsError, json_needs_bounds_check, loads_bounded
 
 UPLOAD_PATHS = frozenset({"/datasets"})
+# Model archive imports have a cap of their own (FTSERVE_MAX_IMPORT_BYTES).
+IMPORT_PATH = re.compile(r"^/models/[^/]+/versions/?$")
 # Boundaries, part headers and the small `name` field around an upload's file.
 MULTIPART_ENVELOPE = 64 * 1024
 
@@ -48,15 +51,20 @@ async def _respond(send: Send, status: int, type_: str, message: str) -> None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int, max_import_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.max_import_bytes = max_import_bytes
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
-        if (scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
-                and _media_type(scope.get("headers", [])) == b"multipart/form-data"):
-            return self.max_upload_bytes + MULTIPART_ENVELOPE, f"the upload limit is {self.max_upload_bytes} bytes"
+        if scope["method"] == "POST" and _media_type(scope.get("headers", [])) == b"multipart/form-data":
+            if scope["path"] in UPLOAD_PATHS:
+                return (self.max_upload_bytes + MULTIPART_ENVELOPE,
+                        f"the upload limit is {self.max_upload_bytes} bytes")
+            if IMPORT_PATH.match(scope["path"]):
+                return (self.max_import_bytes + MULTIPART_ENVELOPE,
+                        f"the model import limit is {self.max_import_bytes} bytes (FTSERVE_MAX_IMPORT_BYTES)")
         return self.max_body_bytes, f"the limit for a request body is {self.max_body_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -34,6 +35,7 @@ class Upload:
     size: int
     sha256: str
     name: str | None
+    fields: dict[str, str] = field(default_factory=dict)  # the small text fields sent beside the file
 
 
 @dataclass
@@ -46,9 +48,14 @@ class _Part:
 class _UploadParser:
     """python-multipart callbacks: file bytes are queued here and written by `flush()` off the event loop."""
 
-    def __init__(self, *, target_dir: Path, max_file_bytes: int) -> None:
+    def __init__(self, *, target_dir: Path, max_file_bytes: int, format_of: Callable[[str], str] = format_for,
+                 text_fields: Collection[str] = ("name",), limit_setting: str = "FTSERVE_MAX_UPLOAD_BYTES") -> None:
         self.target_dir = target_dir
+        self.limit_setting = limit_setting
         self.max_file_bytes = max_file_bytes
+        self.format_of = format_of
+        self.text_fields = frozenset(text_fields)
+        self.fields: dict[str, str] = {}
         self.part = _Part()
         self.header_name = bytearray()
         self.header_value = bytearray()
@@ -96,27 +103,31 @@ class _UploadParser:
             if self.file_name is not None:
                 raise ValidationFailed("send one file per upload (field 'file')")
             self.file_name = safe_file_name(self.part.file_name or "upload")
-            self.format = format_for(self.file_name)  # before a byte of it is stored
+            self.format = self.format_of(self.file_name)  # before a byte of it is stored
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
             self.size += end - start
             if self.size > self.max_file_bytes:
-                raise PayloadTooLarge(f"upload exceeds the limit of {self.max_file_bytes} bytes")
+                raise PayloadTooLarge(f"upload exceeds the limit of {self.max_file_bytes} bytes "
+                                      f"({self.limit_setting})")
             chunk = data[start:end]
             self.pending.append(chunk)
             self.pending_bytes += len(chunk)
-        elif self.part.name == "name":
+        elif self.part.name in self.text_fields:
             self.part.data += data[start:end]
             if len(self.part.data) > 4 * MAX_NAME_CHARS:
-                raise ValidationFailed(f"name: at most {MAX_NAME_CHARS} characters")
+                raise ValidationFailed(f"{self.part.name}: at most {MAX_NAME_CHARS} characters")
 
     def on_part_end(self) -> None:
-        if self.part.name == "name" and not self.in_file:
-            name = self.part.data.decode("utf-8", "replace")
-            if len(name) > MAX_NAME_CHARS:
-                raise ValidationFailed(f"name: at most {MAX_NAME_CHARS} characters")
-            self.name = name or None
+        if self.part.name in self.text_fields and not self.in_file:
+            value = self.part.data.decode("utf-8", "replace")
+            if len(value) > MAX_NAME_CHARS:
+                raise ValidationFailed(f"{self.part.name}: at most {MAX_NAME_CHARS} characters")
+            if value:
+                self.fields[self.part.name] = value
+            if self.part.name == "name":
+                self.name = value or None
         self.in_file = False
 
     def on_end(self) -> None:
@@ -145,12 +156,18 @@ class _UploadParser:
             self.out.close()
 
 
-async def receive_upload(request: Request, *, target_dir: Path, max_file_bytes: int) -> Upload:
-    """Stream the multipart body's `file` part into `target_dir`; on any failure nothing is left there."""
+async def receive_upload(request: Request, *, target_dir: Path, max_file_bytes: int,
+                         format_of: Callable[[str], str] = format_for, text_fields: Collection[str] = ("name",),
+                         what: str = "the dataset", limit_setting: str = "FTSERVE_MAX_UPLOAD_BYTES") -> Upload:
+    """Stream the multipart body's `file` part into `target_dir`; on any failure nothing is left there.
+
+    `format_of` names the file's format from its name (a ValidationFailed refuses it before any byte is
+    stored); `text_fields` are the small form fields kept beside it."""
     media, params = parse_options_header(request.headers.get("content-type", ""))
     if media != b"multipart/form-data" or not params.get(b"boundary"):
-        raise ValidationFailed("send the dataset as multipart/form-data with a 'file' field")
-    state = _UploadParser(target_dir=target_dir, max_file_bytes=max_file_bytes)
+        raise ValidationFailed(f"send {what} as multipart/form-data with a 'file' field")
+    state = _UploadParser(target_dir=target_dir, max_file_bytes=max_file_bytes, format_of=format_of,
+                          text_fields=text_fields, limit_setting=limit_setting)
     try:
         try:
             parser = MultipartParser(params[b"boundary"], state.callbacks())  # type: ignore[arg-type]
@@ -173,4 +190,4 @@ async def receive_upload(request: Request, *, target_dir: Path, max_file_bytes: 
         raise
     state.close()
     return Upload(path=state.path, file_name=state.path.name, format=state.format, size=state.size,
-                  sha256=state.digest.hexdigest(), name=state.name)
+                  sha256=state.digest.hexdigest(), name=state.name, fields=state.fields)

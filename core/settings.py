@@ -28,6 +28,10 @@ class Settings(BaseSettings):
 
     # Bounded input (see README "Security model").
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest dataset upload (413).")
+    max_import_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024, ge=1,
+        description="Largest model archive import, as sent and as unpacked (413 above either).")
+    max_import_members: int = Field(default=10_000, ge=1, description="Most members in an imported archive (422).")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body (413).")
     max_dataset_rows: int = Field(default=5_000_000, ge=1, description="Most rows in one dataset (422).")
     max_dataset_uncompressed_bytes: int = Field(

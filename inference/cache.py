@@ -144,6 +144,15 @@ class ModelCache:
                     f"every loaded model is busy and {key} does not fit beside them; retry later")
             self._cond.wait(remaining)
 
+    def discard(self, key: str) -> None:
+        """Unload `key` now if no request is using it (a deleted version); a busy one is left to eviction."""
+        with self._cond:
+            entry = self._items.get(key)
+            if entry is not None and entry.in_flight == 0:
+                del self._items[key]
+                metrics.LOADED_MODELS.set(len(self._items))
+                self._cond.notify_all()
+
     def loaded(self) -> list[str]:
         with self._cond:
             return list(self._items)

@@ -50,6 +50,11 @@ class ArtifactStore:
         but still runs cannot delete what the next attempt resumes from."""
         return self.checkpoints_dir(job_id) / f"attempt-{int(attempt)}"
 
+    def import_dir(self, import_id: str) -> Path:
+        """Where an archive import is received and unpacked before its version is published (same filesystem as
+        models/, so publishing is a rename)."""
+        return self._inside("imports", self._check_id(import_id))
+
     def model_dir(self, name: str) -> Path:
         if not MODEL_NAME.match(name):
             raise ValidationFailed(f"invalid model name '{name}'")

@@ -78,8 +78,24 @@ def ensure_model(session: Session, *, name: str, task: str, viewer: Viewer) -> R
 
 
 def next_version(session: Session, name: str) -> int:
+    """The number the next version of `name` gets. Deleted versions keep their rows, so their numbers count: an
+    old `name:3` never names new weights."""
     return int(session.scalar(select(func.coalesce(func.max(ModelVersion.version), 0))
                               .where(ModelVersion.name == name)) or 0) + 1
+
+
+LIVE = ModelVersion.deleted_at.is_(None)  # a WHERE clause keeping versions whose files are there
+
+
+def newest_version(session: Session, name: str) -> int | None:
+    """The newest version of `name` that is not deleted."""
+    return session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name, LIVE))
+
+
+def get_version(session: Session, name: str, version: int) -> ModelVersion | None:
+    """A version that is not deleted (a deleted one keeps its row but names nothing)."""
+    mv = session.get(ModelVersion, (name, version))
+    return mv if mv is not None and mv.deleted_at is None else None
 
 
 def _version_number(parsed: ParsedRef) -> Any:
@@ -95,7 +111,8 @@ def _version_number(parsed: ParsedRef) -> Any:
         return literal(parsed.version)
     newest = aliased(ModelVersion)
     return func.coalesce(alias_version("production"),
-                         select(func.max(newest.version)).where(newest.name == parsed.name).scalar_subquery())
+                         select(func.max(newest.version)).where(newest.name == parsed.name,
+                                                                newest.deleted_at.is_(None)).scalar_subquery())
 
 
 def resolve(session: Session, ref: str, viewer: Viewer = EVERYONE) -> ModelVersion:
@@ -109,7 +126,7 @@ def resolve(session: Session, ref: str, viewer: Viewer = EVERYONE) -> ModelVersi
         raise NotFound(f"model '{ref}' not found (refs look like name, name:3 or name@alias)")
     found = session.scalars(
         select(ModelVersion).join(RegisteredModel, RegisteredModel.name == ModelVersion.name)
-        .where(ModelVersion.name == parsed.name, ModelVersion.version == _version_number(parsed),
+        .where(ModelVersion.name == parsed.name, ModelVersion.version == _version_number(parsed), LIVE,
                viewer.usable_models())).first()
     if found is not None:
         return found
@@ -123,8 +140,8 @@ def resolve(session: Session, ref: str, viewer: Viewer = EVERYONE) -> ModelVersi
         version = alias.version
     elif version is None:
         production = session.get(ModelAlias, (parsed.name, "production"))
-        version = production.version if production else next_version(session, parsed.name) - 1
-    mv = session.get(ModelVersion, (parsed.name, version)) if version else None
+        version = production.version if production else newest_version(session, parsed.name)
+    mv = get_version(session, parsed.name, version) if version else None
     if mv is None:
         raise NotFound(f"model '{ref}' not found" + ("" if version is None else f" (no version {version})"))
     return mv
@@ -135,7 +152,7 @@ def newest_of_task(session: Session, task: str, viewer: Viewer = EVERYONE) -> Mo
     names no model is answered by one of the caller's own, never by a model another owner shared."""
     mv = session.scalars(
         select(ModelVersion).join(RegisteredModel, RegisteredModel.name == ModelVersion.name)
-        .where(ModelVersion.task == task, viewer.owner_filter(RegisteredModel.owner))
+        .where(ModelVersion.task == task, LIVE, viewer.owner_filter(RegisteredModel.owner))
         .order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc()).limit(1)
     ).first()
     if mv is None:

@@ -129,3 +129,25 @@ def build_tiny_t5(shared_data: Path, hf_home: Path) -> Path:
     config = T5Config(vocab_size=len(fast), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
                       num_heads=2, decoder_start_token_id=pad_id, pad_token_id=pad_id, eos_token_id=eos_id)
     return cache_model(hf_home, TINY_T5, fast, lambda: T5ForConditionalGeneration(config))
+
+
+def save_tiny_classifier(out: Path) -> Path:
+    """A 1-layer BERT classifier (labels negative/positive) with a tiny WordPiece vocabulary, saved with
+    save_pretrained (safetensors) into `out`: an archive to import, built in a second."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+             *["a", "the", "film", "great", "dull", "good", "bad", "movie", "was", "is", "and", "it", "of", "to"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / "vocab.txt"
+        vocab.write_text("\n".join(words) + "\n")
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    tokenizer.save_pretrained(out)
+    BertForSequenceClassification(config).save_pretrained(out)
+    return out

@@ -8,12 +8,16 @@ caller may not use is a 404, one it may use gets past it (its made-up files then
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from core.settings import get_settings
 from registry.db import session_scope
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 from tests.api.test_bounded_input import GOOD_CSV, err, healthy, job_body
@@ -30,6 +34,9 @@ COVERED = {
     ("GET", "/models"), ("GET", "/models/{name}"), ("PUT", "/models/{name}"),
     ("GET", "/models/{name}/versions/{version}"), ("PUT", "/models/{name}/aliases/{alias}"),
     ("DELETE", "/models/{name}/aliases/{alias}"),
+    # test_model_files_and_deletes_by_owner
+    ("GET", "/models/{name}/compare"), ("GET", "/models/{name}/versions/{version}/archive"),
+    ("POST", "/models/{name}/versions"), ("DELETE", "/models/{name}/versions/{version}"), ("DELETE", "/models/{name}"),
     ("POST", "/classify"), ("POST", "/answer"), ("POST", "/summarize"), ("POST", "/generate"),
     ("GET", "/metrics"),  # test_metrics_are_for_admin_keys
 }
@@ -206,3 +213,44 @@ def test_auth_off_is_one_owner(api_off: TestClient) -> None:
 def api_off(make_api: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> TestClient:
     monkeypatch.setattr("api.routes.jobs.send_job", lambda job_id: None)
     return make_api()
+
+
+def test_model_files_and_deletes_by_owner(api: TestClient, tmp_path: Path) -> None:
+    """Another owner's private model: compare, archive, import into and delete are 404s; shared: compare and
+    archive for every key, import and delete for its owner (403 for others) and the admin."""
+    from tests.api.test_model_files import send, tar_of
+    from tests.tinymodels import save_tiny_classifier
+
+    alice, bob, root = As(api, "alice"), As(api, "bob"), As(api, "root")
+    register("alices", owner="alice")
+    with session_scope() as s:
+        s.add(ModelVersion(name="alices", version=2, task="classification", owner="alice", base_model="b",
+                           base_model_resolved="hub:b", path="unused", metrics={"accuracy": 0.5}))
+    for v in (1, 2):
+        folder = get_settings().data_dir / "models" / "alices" / str(v)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    archive = tar_of(save_tiny_classifier(tmp_path / "tiny"))
+
+    reads = (lambda who: who.get("/models/alices/compare", params={"versions": "1,2"}),
+             lambda who: who.get("/models/alices/versions/1/archive"))
+    changes = (lambda who: send(who, "alices", archive),
+               lambda who: who.delete("/models/alices/versions/2"),
+               lambda who: who.delete("/models/alices", params={"force": "true"}))
+    for call in (*reads, *changes):
+        assert "'alices'" in err(call(bob), 404, "not_found")
+    assert reads[0](alice).json()["metrics"] == {"accuracy": {"1": None, "2": 0.5}}
+    assert alice.put("/models/alices", json={"visibility": "shared"}).status_code == 200
+    assert reads[0](bob).json()["versions"] == [1, 2]
+    with tarfile.open(fileobj=io.BytesIO(reads[1](bob).content), mode="r:gz") as tar:
+        assert tar.getnames() == ["alices-1/config.json"]
+    for call in changes:
+        assert "only its owner" in err(call(bob), 403, "forbidden")
+    # A new name is bob's own; the owner imports into hers; the admin deletes anyone's.
+    assert send(bob, "bobs-import", archive).json()["owner"] == "bob"
+    assert send(alice, "alices", archive).json()["ref"] == "alices:3"
+    assert alice.delete("/models/alices/versions/2").status_code == 204
+    assert root.delete("/models/alices", params={"force": "true"}).status_code == 204
+    assert alice.get("/models/alices").json()["versions"] == []
+    # The deleted model keeps its name for its owner.
+    assert "only its owner" in err(send(bob, "alices", archive), 403, "forbidden")
