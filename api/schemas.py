@@ -75,7 +75,8 @@ def version_out(mv: ModelVersion) -> dict[str, Any]:
         "owner": mv.owner, "job_id": mv.job_id, "base_model": mv.base_model,
         "base_model_resolved": mv.base_model_resolved,
         "dataset": {"id": mv.dataset_id, "sha256": mv.dataset_sha256} if mv.dataset_id else mv.dataset_hub,
-        "hyperparameters": mv.hyperparameters, "metrics": mv.metrics, "created_at": iso(mv.created_at),
+        "hyperparameters": mv.hyperparameters, "metrics": mv.metrics, "lineage": mv.lineage,
+        "created_at": iso(mv.created_at),
     }
 
 

@@ -12,7 +12,9 @@ PIPELINE_TAGS = {"classification": "text-classification", "question-answering": 
 
 
 def imported_card(*, name: str, version: int, task: str, base_model: str | None, license: str,
-                  labels: list[str], metrics: dict[str, float], archive_sha256: str) -> str:
+                  labels: list[str], metrics: dict[str, float], archive_sha256: str | None = None,
+                  hub: dict[str, Any] | None = None) -> str:
+    """`archive_sha256` for an uploaded archive, `hub` ({name, commit}) for a Hub import."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS[task],
@@ -21,13 +23,15 @@ def imported_card(*, name: str, version: int, task: str, base_model: str | None,
         data["base_model"] = base_model
     lines = [
         f"# {name}:{version}", "",
-        f"A {task} model imported into ftserve from an archive (sha256 `{archive_sha256}`); it was not trained "
-        "here, so its training data, preprocessing and evaluation are unknown to this registry.", "",
+        (f"A {task} model imported into ftserve from the Hub model `{hub['name']}` at commit `{hub['commit']}`"
+         if hub else f"A {task} model imported into ftserve from an archive (sha256 `{archive_sha256}`)")
+        + "; it was not trained here, so its training data, preprocessing and evaluation are unknown to this "
+        "registry.", "",
     ]
     if base_model:
         lines += [f"Its config names `{base_model}` as the model it came from.", ""]
     if license == "other":
-        lines += ["The license is unknown: the archive did not state one.", ""]
+        lines += ["The license is unknown: the model did not state one.", ""]
     if labels:
         lines += ["## Labels", "", ", ".join(f"`{label}`" for label in labels[:100]), ""]
     if metrics:

@@ -5,6 +5,7 @@ Torch-free on purpose: the API validates submissions with these models at reques
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +31,17 @@ def hub_repo_id(value: str, *, what: str) -> str:
             f"{value[:100]!r} is not a Hugging Face hub {what} id: use 'name' or 'org/name' with letters, digits, "
             "'-', '_' or '.', at most 96 characters, not starting or ending with '-' or '.', and no '..' or '--'"
         ) from exc
+    return value
+
+
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+
+def hub_revision(value: str) -> str:
+    """`value` if it can be a hub revision (a branch, tag or commit): a ref name, no `..` or `//`."""
+    if not _REVISION.match(value) or ".." in value or "//" in value or value.endswith(("/", ".lock")):
+        raise ValueError(f"{value[:100]!r} is not a revision: use a branch, tag or commit hash (letters, digits, "
+                         "'.', '_', '-', '/'; at most 128 characters; no '..')")
     return value
 
 

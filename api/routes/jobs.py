@@ -8,12 +8,12 @@ import logging
 import os
 from datetime import timedelta
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,6 +40,7 @@ from worker.dispatch import send_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 IDEMPOTENCY_TTL = timedelta(hours=24)
+B = TypeVar("B", bound=BaseModel)
 log = logging.getLogger("ftserve.api")
 STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 MAX_EVENT_ID = 2**31 - 1  # the column is a 32-bit integer: a bigger cursor is a 422, not a database error
@@ -50,9 +51,10 @@ def _out(session: Session, job: Job) -> dict[str, Any]:
     return job_out(job, queue_position=jobrepo.queue_position(session, job))
 
 
-def _parse_request(body: dict[str, Any]) -> JobRequest:
+def parse_body(cls: type[B], body: Any) -> B:
+    """A JSON body read by hand (to hash it, or to pick the route's form) validated as `cls`; 422 like FastAPI's."""
     try:
-        return JobRequest.model_validate(body)
+        return cls.model_validate(body)
     except ValidationError as exc:
         from api.errors import _describe
 
@@ -155,7 +157,7 @@ def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[s
         first = _first_with_key(session, owner, idempotency_key, request_hash)
         if first is not None:
             return first, False
-    request = _parse_request(body)
+    request = parse_body(JobRequest, body)
     job_id = new_id("job")
     spec = build_spec(request, default_model_name=job_id)
     versions.check_name_free(session, name=spec.model_name, task=spec.task, viewer=viewer)

@@ -12,28 +12,31 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import SessionDep, SettingsDep, StoreDep, ViewerDep
-from api.routes.jobs import _check_not_a_cached_hub_model
+from api.routes.jobs import _check_not_a_cached_hub_model, parse_body, submit_operation
 from api.routes.models import Name, Version, _model, _owned, _version
-from api.schemas import version_out
+from api.schemas import job_out, version_out
 from api.uploads import receive_upload
 from core.errors import NotReady, ValidationFailed
 from core.ids import new_id
 from core.settings import Settings
 from inference.importing import TASKS, Checked, check_model_folder, write_params
+from registry import jobs as jobrepo
 from registry import versions
 from registry.access import Viewer
 from registry.archive import archive_format, stream_tar_gz, unpack
 from registry.db import session_scope
 from registry.models import ModelVersion, RegisteredModel
 from registry.store import MODEL_NAME, ArtifactStore
+from training.spec import hub_repo_id, hub_revision
 
 router = APIRouter(prefix="/models", tags=["models"])
 log = logging.getLogger("ftserve.api")
@@ -128,12 +131,51 @@ def _import(store: ArtifactStore, settings: Settings, *, work: Path, archive: Pa
     return out
 
 
-@router.post("/{name}/versions", status_code=201, openapi_extra=IMPORT_BODY)
+class HubImport(BaseModel):
+    """`{"hub": "org/repo", "revision": "main", "task": "question-answering"}`: a model from the Hub."""
+
+    model_config = ConfigDict(extra="forbid")
+    hub: str = Field(max_length=96, description="A Hugging Face hub model id, `name` or `org/name`.")
+    revision: str | None = Field(default=None, max_length=128, description="A branch, tag or commit.")
+    task: Literal["classification", "question-answering", "summarization", "generation"] | None = Field(
+        default=None, description="Inferred from config.architectures when absent; must agree with it.")
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, value: str) -> str:
+        return hub_repo_id(value, what="model")
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        return None if value is None else hub_revision(value)
+
+
+def _import_from_hub(session: Any, viewer: Viewer, name: str, body: Any) -> dict[str, Any]:
+    spec = parse_body(HubImport, body)
+    job = submit_operation(session, viewer, kind="import", id_prefix="job", task=spec.task or "auto",
+                           spec=spec.model_dump(), model_name=name)
+    return job_out(job, queue_position=jobrepo.queue_position(session, job))
+
+
+@router.post("/{name}/versions", status_code=201, openapi_extra=IMPORT_BODY,
+             responses={202: {"description": "A Hub import (JSON body `{\"hub\": …}`) is queued as a job of "
+                                             "kind `import`; poll it at /jobs/{id}."}})
 async def import_version(name: Name, request: Request, session: SessionDep, settings: SettingsDep,
-                         store: StoreDep, viewer: ViewerDep) -> dict[str, Any]:
+                         store: StoreDep, viewer: ViewerDep) -> Any:
     """Multipart `file` (an archive of a save_pretrained folder) and optional `task` → 201 with the version,
-    servable at once; or a 422 naming what is wrong with the archive (nothing is kept)."""
+    servable at once; or a 422 naming what is wrong with the archive (nothing is kept).
+
+    A JSON body `{"hub": "org/repo", "revision": …, "task": …}` imports a Hub model instead: 202 with a job of
+    kind `import` that a worker runs (the cached snapshot is used when the Hub is offline or unreachable)."""
     _check_target(session, name, viewer)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ValidationFailed(f"the body is not valid JSON: {exc}") from exc
+        out = await anyio.to_thread.run_sync(_import_from_hub, session, viewer, name, body)
+        return JSONResponse(out, status_code=202)
     session.commit()  # no transaction stays open while the body streams in
     work = store.import_dir(new_id("imp"))
     try:

@@ -211,7 +211,9 @@ def test_zip_links_and_task_mismatch_are_refused(api: TestClient, tiny_dir: Path
     assert "task 'generation' does not match" in message and "BertForSequenceClassification" in message
     assert "not one of" in err(send(api, "victim", tar_of(tiny_dir), task="nope"), 422, "validation_error")
     assert "not an archive" in err(send(api, "victim", b"a,b\n", filename="x.csv"), 422, "validation_error")
-    assert "multipart" in err(api.post("/models/victim/versions", json={"file": "x"}), 422, "validation_error")
+    assert "file" in err(api.post("/models/victim/versions", json={"file": "x"}), 422, "validation_error")
+    assert "multipart" in err(api.post("/models/victim/versions", content=b"x", headers={"content-type": "text/plain"}),
+                              422, "validation_error")
     assert "invalid model name" in err(send(api, "Bad!", tar_of(tiny_dir)), 422, "validation_error")
     nothing_kept(tmp_path, "victim", before)
 
@@ -346,3 +348,30 @@ def test_delete_a_model(api: TestClient, tmp_path: Path) -> None:
 
         assert versions.next_version(s, "whole") == 3
     err(api.delete("/models/nope"), 404, "not_found")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"hub": "/etc"}, "hub"), ({"hub": "../x"}, "hub"), ({"hub": "org/name", "revision": "../../x"}, "revision"),
+    ({"hub": "org/name", "task": "translation"}, "task"), ({"hub": "org/name", "token": "x"}, "token"),
+    ({"hub": "o/" + "n" * 200}, "hub"),
+])
+def test_hub_import_bodies_are_checked(api: TestClient, body: dict[str, Any], field: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr("api.routes.jobs.send_job", sent.append)
+    assert field in err(api.post("/models/fromhub/versions", json=body), 422, "validation_error")
+    assert sent == []
+
+
+def test_a_hub_import_is_a_queued_import_job(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr("api.routes.jobs.send_job", sent.append)
+    r = api.post("/models/fromhub/versions", json={"hub": "org/squad-bert", "revision": "v1.0",
+                                                   "task": "question-answering"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert (job["kind"], job["status"], job["model_name"], job["task"]) == (
+        "import", "queued", "fromhub", "question-answering")
+    assert sent == [job["id"]]
+    assert [j["id"] for j in api.get("/jobs", params={"kind": "import"}).json()["data"]] == [job["id"]]
+    assert api.get("/jobs", params={"kind": "train"}).json()["data"] == []
