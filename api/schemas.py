@@ -53,6 +53,7 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "columns": spec.get("columns"),
         "hyperparameters": spec.get("hyperparameters"),
         "model_name": job.model_name,
+        "push": spec.get("push"),
         "queue_position": queue_position,
         "attempt": job.attempt,
         "owner": job.owner,

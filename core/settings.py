@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     hub_probe: bool = Field(
         default=True, description="At start, check the hub is reachable; if not, use the local cache only."
     )
+    # Pushing versions to the Hub (POST /models/{name}/versions/{v}/push, a job's `push`).
+    hf_endpoint: str | None = Field(
+        default=None, max_length=512,
+        description="The Hub that pushes go to; default: huggingface_hub's (HF_ENDPOINT, else https://huggingface.co).")
+    hf_token: SecretStr | None = Field(
+        default=None, description="The server's Hub token, for pushes that bring none (and every job's `push`).")
+    hf_push_namespaces: str = Field(
+        default="", description="Comma-separated Hub namespaces (users, organizations) that pushes with the "
+        "server's token may write to; empty = none.")
 
     model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
     model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
@@ -92,6 +101,16 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("hf_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = urlparse(value.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("FTSERVE_HF_ENDPOINT must be an http(s) URL such as https://huggingface.co")
+        return value.strip().rstrip("/")
 
     @model_validator(mode="after")
     def _lease_outlasts_heartbeats(self) -> Settings:
@@ -134,6 +153,15 @@ class Settings(BaseSettings):
     @property
     def admin_names(self) -> frozenset[str]:
         return frozenset(filter(None, (n.strip() for n in self.admin_keys.split(","))))
+
+    @property
+    def push_namespaces(self) -> frozenset[str]:
+        return frozenset(filter(None, (n.strip() for n in self.hf_push_namespaces.split(","))))
+
+    @property
+    def server_hf_token(self) -> str | None:
+        token = self.hf_token.get_secret_value().strip() if self.hf_token is not None else ""
+        return token or None
 
 
 def hub_reachable(*, timeout: float) -> bool:

@@ -34,19 +34,75 @@ def hub_repo_id(value: str, *, what: str) -> str:
     return value
 
 
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# A branch to push to (or a revision to import): a git ref name without the forms git refuses or that could
+# climb out of refs/heads/.
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 
 
 def hub_revision(value: str) -> str:
-    """`value` if it can be a hub revision (a branch, tag or commit): a ref name, no `..` or `//`."""
-    if not _REVISION.match(value) or ".." in value or "//" in value or value.endswith(("/", ".lock")):
-        raise ValueError(f"{value[:100]!r} is not a revision: use a branch, tag or commit hash (letters, digits, "
-                         "'.', '_', '-', '/'; at most 128 characters; no '..')")
+    """`value` if it is a branch name a push may target (`main`, `v1`, `exp/lr-3e-5`), or a revision (branch, tag
+    or commit hash) an import may read."""
+    if (not _REVISION.fullmatch(value) or ".." in value or "//" in value or "/." in value
+            or value.endswith(("/", ".", ".lock"))):
+        raise ValueError(
+            f"{value[:130]!r} is not a branch name: use letters, digits, '.', '_', '-' and '/', at most 128 "
+            "characters, starting with a letter or digit, with no '..', '//' or '/.', not ending with '/', '.' or "
+            "'.lock'")
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def server_push_problem(repo_id: str, *, token_configured: bool, namespaces: frozenset[str],
+                        own_token_hint: bool) -> str | None:
+    """Why a push with the server's Hub token (FTSERVE_HF_TOKEN) may not go to `repo_id`; None when it may.
+
+    The server's token writes only under the namespaces the operator listed: without that rule any key could
+    publish under (or overwrite the repos of) every organization the token belongs to."""
+    alternative = ' or pass your own "token" with the push' if own_token_hint else ""
+    if not token_configured:
+        return ("this server has no Hub token of its own (FTSERVE_HF_TOKEN is not set): ask its operator to "
+                f"configure FTSERVE_HF_TOKEN{alternative}")
+    namespace = repo_id.partition("/")[0].lower() if "/" in repo_id else None
+    if namespace is None or namespace not in {n.lower() for n in namespaces}:
+        allowed = ", ".join(sorted(namespaces)) or "none are configured"
+        return (f"repo_id '{repo_id}' is not under a namespace the server's Hub token may push to "
+                f"(FTSERVE_HF_PUSH_NAMESPACES: {allowed}): use '<namespace>/<name>' with one of them{alternative}")
+    return None
+
+
+class HubTarget(_Strict):
+    """Where a version is pushed: a Hub model repo and a branch."""
+
+    repo_id: str = Field(min_length=1, max_length=96)
+    private: bool = True
+    revision: str = Field(default="main", min_length=1, max_length=128)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        return hub_repo_id(value, what="model repo")
+
+    @field_validator("revision")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        return hub_revision(value)
+
+
+class JobPush(HubTarget):
+    """A job's `push`: publish the new version when the job succeeds, always with the server's token."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "token" in data:
+            # Said without the value: a token must never be echoed back.
+            raise ValueError(
+                "a job's push takes no token: it always uses the server's Hub token (FTSERVE_HF_TOKEN); to push "
+                "with your own token, POST /models/{name}/versions/{v}/push once the job has succeeded")
+        return data
 
 
 class CommonParams(_Strict):
@@ -156,6 +212,7 @@ class JobRequest(_Strict):
                                                                                      max_length=16)
     hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
     model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    push: JobPush | None = None
 
 
 class JobSpec(_Strict):
@@ -168,6 +225,7 @@ class JobSpec(_Strict):
     columns: dict[str, str]
     hyperparameters: dict[str, Any]
     model_name: str
+    push: JobPush | None = None
 
     def params(self) -> CommonParams:
         return PARAMS[self.task].model_validate(self.hyperparameters)
@@ -213,4 +271,5 @@ def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
         columns={**fields, **request.columns},
         hyperparameters=params.model_dump(mode="json"),
         model_name=request.model_name or default_model_name,
+        push=request.push,
     )

@@ -356,6 +356,10 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
         version = _register(fence, spec=spec, result=result, store=store, staging=staging,
                             retry_for=settings.lease_seconds)
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
+        if spec.push is not None:
+            from worker.op_push import queue_job_push
+
+            queue_job_push(job_id, spec=spec, version=version, retry_for=settings.lease_seconds)
         _clean_up(store, job_id=job_id, model_name=spec.model_name)
         return 0
     except Cancelled:

@@ -34,7 +34,7 @@ from registry.datasets import cached_check, check_key, profile_of
 from registry.db import session_scope
 from registry.models import Job, RegisteredModel
 from registry.store import ArtifactStore
-from training.spec import JobRequest, JobSpec, build_spec, hub_repo_id
+from training.spec import JobRequest, JobSpec, build_spec, hub_repo_id, server_push_problem
 from training.tasks import implemented
 from worker.dispatch import send_job
 
@@ -132,6 +132,16 @@ def _check_data(session: Session, store: ArtifactStore, spec: JobSpec, viewer: V
                                                                           what=what))
 
 
+def _check_job_push(spec: JobSpec) -> None:
+    """A job's `push` uses the server's Hub token: it must have one, and the repo must be in its namespaces."""
+    assert spec.push is not None
+    settings = get_settings()
+    problem = server_push_problem(spec.push.repo_id, token_configured=settings.server_hf_token is not None,
+                                  namespaces=settings.push_namespaces, own_token_hint=False)
+    if problem is not None:
+        raise ValidationFailed(f"push: {problem}")
+
+
 def _request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -166,6 +176,8 @@ def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[s
         raise ValidationFailed(f"task '{spec.task}' is not available yet; available: {', '.join(implemented())}")
     resolved = _resolve_base_model(session, spec, viewer)
     _check_data(session, store, spec, viewer)
+    if spec.push is not None:
+        _check_job_push(spec)
     job = Job(id=job_id, owner=owner, task=spec.task, spec=json.loads(spec.model_dump_json()),
               model_name=spec.model_name, base_model_resolved=resolved, dataset_id=spec.dataset.id,
               validation_dataset_id=spec.validation.id, idempotency_key=idempotency_key,

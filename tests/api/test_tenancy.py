@@ -39,6 +39,9 @@ COVERED = {
     ("POST", "/models/{name}/versions"), ("DELETE", "/models/{name}/versions/{version}"), ("DELETE", "/models/{name}"),
     ("POST", "/classify"), ("POST", "/answer"), ("POST", "/summarize"), ("POST", "/generate"),
     ("GET", "/metrics"),  # test_metrics_are_for_admin_keys
+    # tests/api/test_push.py::test_owners_push_and_read_pushes_others_get_404_or_403
+    ("POST", "/models/{name}/versions/{version}/push"), ("GET", "/models/{name}/versions/{version}/pushes"),
+    ("GET", "/models/{name}/versions/{version}/pushes/{push_id}"),
 }
 OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
 
