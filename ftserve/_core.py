@@ -166,6 +166,15 @@ class SSEDecoder:
         return None
 
 
+def next_event(response: httpx.Response, decoder: SSEDecoder) -> Program[ServerEvent | None]:
+    """The next event of a streamed response; None at its end."""
+    while (line := (yield Read(response))) is not None:
+        event = decoder.feed(line)
+        if event is not None:
+            return event
+    return None
+
+
 # -- the shared core ----------------------------------------------------------------------------------------
 def segment(value: str | int) -> str:
     """One path segment, quoted: a name or id can never reach another route."""
@@ -328,10 +337,7 @@ class Core:
             else:
                 decoder = SSEDecoder()
                 try:
-                    while (line := (yield Read(response))) is not None:
-                        sse = decoder.feed(line)
-                        if sse is None:
-                            continue
+                    while (sse := (yield from next_event(response, decoder))) is not None:
                         if sse.event == "error":
                             error = make_error(status=None, body=_json_or_text(sse.data))
                             if error.type not in ("internal", "not_ready"):
@@ -373,10 +379,7 @@ class Core:
                                            headers={"Accept": "text/event-stream"}, stream=True)
         decoder = SSEDecoder()
         try:
-            while (line := (yield Read(response))) is not None:
-                sse = decoder.feed(line)
-                if sse is None:
-                    continue
+            while (sse := (yield from next_event(response, decoder))) is not None:
                 payload = _json_or_text(sse.data)
                 if sse.event == "token":
                     yield Emit(payload["text"])
