@@ -182,3 +182,19 @@ def test_async_client_against_the_app(api: TestClient, tmp_path: Path) -> None:
                 await c.models.get("nothing")
 
     asyncio.run(main())
+
+
+def test_the_client_distribution_holds_the_package_and_needs_httpx_and_pydantic_only(tmp_path: Path) -> None:
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO / "sdk")], check=True, cwd=REPO, capture_output=True)
+    (wheel,) = tmp_path.glob("ftserve_client-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert packages == {"ftserve"}
+    assert {f"ftserve/{m}.py" for m in ("__init__", "_client", "_core", "_resources", "errors", "types")} <= set(names)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = sorted(line.split(":", 1)[1].split(">")[0].strip() for line in metadata.splitlines()
+                      if line.startswith("Requires-Dist:"))
+    assert requires == ["httpx", "pydantic"]

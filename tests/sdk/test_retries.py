@@ -289,3 +289,44 @@ def test_async_client_retries_follows_and_pages_the_same_way(monkeypatch: pytest
     asyncio.run(main())
     assert fake.requests[0].headers["idempotency-key"] == fake.requests[1].headers["idempotency-key"]
     assert fake.requests[4].url.params["after"] == "job_2" and slept[1] == 2.0
+
+
+def test_model_files_card_push_and_import_requests(tmp_path: Any, sleeps: list[float]) -> None:
+    archive = b"\x1f\x8b fake tar.gz bytes" * 1000
+    version = {"name": "m2", "version": 1, "ref": "m2:1", "task": "classification"}
+
+    def cut(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Cut(archive[:100]))
+
+    fake = Fake(httpx.Response(200, text="---\nlicense: mit\n---\n# m", headers={"content-type": "text/markdown"}),
+                cut, httpx.Response(200, content=archive), httpx.Response(201, json=version),
+                httpx.Response(202, json={**JOB, "kind": "import"}),
+                httpx.Response(202, json={"id": "push_1", "status": "queued", "repo_id": "org/m", "url": None}),
+                httpx.Response(204), httpx.Response(204))
+    c = client(fake)
+    assert c.models.card("m", 1).startswith("---\nlicense: mit")
+    path = c.models.export("m", 1, tmp_path)  # the first download drops half-way: fetched again, whole
+    assert path == tmp_path / "m-1.tar.gz" and path.read_bytes() == archive
+    assert list(tmp_path.iterdir()) == [path]  # no .part left behind
+    imported = c.models.import_("m2", path, task="classification")
+    assert isinstance(imported, ftserve.types.ModelVersion) and imported.ref == "m2:1"
+    hub = c.models.import_("m3", hub="org/qa-model", revision="main")
+    assert isinstance(hub, ftserve.types.Job) and hub.kind == "import"
+    push = c.models.push("m", 1, repo_id="org/m", private=True, token="hf_secret")
+    assert push.id == "push_1" and push.status == "queued"
+    assert c.models.delete("m", 2) is None and c.models.delete("m", force=True) is None
+
+    card, export, _, upload, hub_req, push_req, del_version, del_model = fake.requests
+    assert card.url.path == "/models/m/versions/1/card" and card.headers["accept"] == "text/markdown"
+    assert export.url.path == "/models/m/versions/1/archive"
+    assert upload.url.path == "/models/m2/versions" and b'name="task"' in upload.read()
+    assert upload.headers["content-type"].startswith("multipart/form-data")
+    assert json.loads(hub_req.content) == {"hub": "org/qa-model", "revision": "main"}
+    assert json.loads(push_req.content) == {"repo_id": "org/m", "private": True, "token": "hf_secret"}
+    assert push_req.url.path == "/models/m/versions/1/push"
+    assert (del_version.method, del_version.url.path) == ("DELETE", "/models/m/versions/2")
+    assert del_model.url.path == "/models/m" and del_model.url.params["force"] == "true"
+    # Names are one path segment each, whatever they hold.
+    fake = Fake(httpx.Response(200, json={"name": "a/b", "task": "generation"}))
+    client(fake).models.get("a/../b")
+    assert fake.requests[0].url.raw_path == b"/models/a%2F..%2Fb"
