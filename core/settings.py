@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         default=True, description="At start, check the hub is reachable; if not, use the local cache only."
     )
 
+    default_license: str = Field(
+        default="", pattern=r"^([A-Za-z0-9.+-]{1,64})?$",
+        description="The model card license of jobs that give none (e.g. apache-2.0); empty = the base model's "
+        "cached card's license, else 'other'.")
+
     model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
     model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
     quantize_int8: bool = Field(
