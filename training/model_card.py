@@ -57,6 +57,8 @@ _LICENSE_SOURCES = {
     "setting": "the server's default (FTSERVE_DEFAULT_LICENSE)",
     "base_model": "inherited from the base model's card",
 }
+_PREPROCESSING_ORDER = ("tokenizer", "max_length", "truncation", "padding", "doc_stride", "max_answer_length",
+                        "prefix", "prefix_note", "max_target_length", "block_size", "eos_handling", "packing")
 _SKIPPED_EVAL_KEYS = ("_runtime", "_per_second", "epoch")
 
 
@@ -274,7 +276,8 @@ class _Card:
             origin += f" (revision `{self.base_revision}`)" if self.base_revision else ""
         else:
             origin = "an unrecorded base model"
-        lines = [f"A {task} model, `{self.ref}`, fine-tuned with ftserve from {origin}.", ""]
+        article = "An" if task[0] in "aeiou" else "A"
+        lines = [f"{article} {task} model, `{self.ref}`, fine-tuned with ftserve from {origin}.", ""]
         if self.license_source == "unknown":
             lines.append("**License: unknown.** The job gave no license, the server sets no default and the base "
                          "model's card names none, so the front matter says `other`. Check the terms of the base "
@@ -385,31 +388,35 @@ class _Card:
             facts = dict(self.serving)
             if not facts:
                 return ["Not recorded for this version."]
+        order = {key: i for i, key in enumerate(_PREPROCESSING_ORDER)}
         lines = [f"- {key}: {value if isinstance(value, str) and key != 'prefix' else _code(json.dumps(value))}"
-                 for key, value in facts.items() if value is not None]
+                 for key, value in sorted(facts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+                 if value is not None]
         base = self.base_hub or self.base_parent
         if base:
             lines.append(f"- The tokenizer is the base model's (`{base}`), saved with the model.")
         return lines
 
     def _hyperparameters(self) -> list[str]:
-        rows: list[list[Any]] = []
-        seen: set[str] = set()
-        for group in ("hyperparameters", "schedule", "effective_hyperparameters"):
+        # The job's values, then the schedule and Trainer settings they became: a name in both shows the value
+        # the run used (a job's `eval_steps: null` is the schedule's number of steps).
+        rows: dict[str, list[str]] = {}
+        for group, label in (("hyperparameters", "job"), ("schedule", "schedule"),
+                             ("effective_hyperparameters", "Trainer")):
             values = self.params.get(group)
             if not isinstance(values, dict):
                 continue
-            for key in values:
-                if key not in seen:
-                    seen.add(key)
-                    value = values[key]
-                    rows.append([_code(key), _code(value if isinstance(value, str) else json.dumps(value)),
-                                 group.replace("_", " ")])
+            for key, value in values.items():
+                shown = _code(value if isinstance(value, str) else json.dumps(value))
+                if key not in rows:
+                    rows[key] = [_code(key), shown, label]
+                elif rows[key][1] != shown:
+                    rows[key] = [_code(key), shown, f"{label} (the job gave {rows[key][1]})"]
         if not rows:
             return ["Not recorded for this version."]
         return ["Every effective value: the job's hyperparameters with their defaults filled in, the step "
                 "schedule, and the Trainer settings they produced.", "",
-                *_table(["Name", "Value", "From"], rows)]
+                *_table(["Name", "Value", "From"], rows.values())]
 
     def _training_results(self) -> list[str]:
         rows = self.params.get("training_results")

@@ -313,7 +313,7 @@ def run(
         "preprocessing": task.preprocessing(serving=prepared.serving_params, tokenizer=tokenizer),
         "schedule": {"total_steps": total, "eval_steps": every, "logging_steps": logging_steps},
         "effective_hyperparameters": {
-            **{name: _plain(getattr(args, name, None)) for name in _EFFECTIVE_ARGS},
+            **{name: _plain(getattr(args, name)) for name in _EFFECTIVE_ARGS if hasattr(args, name)},
             "epochs_trained": float(trainer.state.epoch or 0.0),
             "total_train_batch_size": params.batch_size * params.gradient_accumulation_steps,
         },

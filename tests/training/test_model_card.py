@@ -43,7 +43,8 @@ def training_params(**over: Any) -> dict[str, Any]:
         "dataset": {"id": "ds_abc", "hub": None, "config": None, "split": "train"},
         "validation": {"id": None, "hub": None, "config": None, "split": None, "split_ratio": 0.1},
         "columns": {"text": "review", "label": "stars"},
-        "hyperparameters": {"epochs": 3.0, "max_steps": 3, "learning_rate": 5e-5, "batch_size": 8, "seed": 42},
+        "hyperparameters": {"epochs": 3.0, "max_steps": 3, "learning_rate": 5e-5, "batch_size": 8, "seed": 42,
+                            "eval_steps": None},
         "serving": {"labels": ["bad", "good|ok"], "max_length": 128},
         "data": {"dataset_id": "ds_abc", "dataset_sha256": SHA, "dataset_file": "reviews.csv", "train_rows": 90,
                  "validation_rows": 10, "dropped_rows": 0,
@@ -119,7 +120,8 @@ def test_card_parses_with_every_field_heading_and_exact_metrics(tmp_path: Path) 
     assert headings(text) == list(HEADINGS)
     for fact in ("`bad`", "`good|ok`", "`en`", "128 tokens", "reviews.csv", SHA, "90 for training",
                  "10 for validation", "Rows dropped: 0", "| `text` | `review` |", "| `good\\|ok` | 45 | 5 |",
-                 "BertTokenizerFast", "`adamw_torch`", "`learning_rate`", "`total_steps`", "### Evaluation `eval_1`",
+                 "BertTokenizerFast", "`adamw_torch`", "| `learning_rate` | `5e-05` | job |", "`total_steps`",
+                 "| `eval_steps` | `2` | schedule (the job gave `null`) |", "### Evaluation `eval_1`",
                  "Transformers 5.24.0", "PyTorch 2.13.0", "Datasets 5.2.0", "Tokenizers 0.23.3", "ftserve 0.1.0",
                  'pipeline("text-classification"', "localhost:8000/classify", '"model": "sent:1"',
                  "revision `0123abcd`", "License: `mit`"):
