@@ -54,6 +54,7 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "hyperparameters": spec.get("hyperparameters"),
         "model_name": job.model_name,
         "push": spec.get("push"),
+        "license": spec.get("license"), "language": spec.get("language"),
         "queue_position": queue_position,
         "attempt": job.attempt,
         "owner": job.owner,
@@ -76,8 +77,8 @@ def version_out(mv: ModelVersion) -> dict[str, Any]:
         "owner": mv.owner, "job_id": mv.job_id, "base_model": mv.base_model,
         "base_model_resolved": mv.base_model_resolved,
         "dataset": {"id": mv.dataset_id, "sha256": mv.dataset_sha256} if mv.dataset_id else mv.dataset_hub,
-        "hyperparameters": mv.hyperparameters, "metrics": mv.metrics, "lineage": mv.lineage,
-        "created_at": iso(mv.created_at),
+        "hyperparameters": mv.hyperparameters, "metrics": mv.metrics, "created_at": iso(mv.created_at),
+        "lineage": mv.lineage, "license": (mv.lineage or {}).get("license"),
     }
 
 

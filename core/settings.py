@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         default="", description="Comma-separated Hub namespaces (users, organizations) that pushes with the "
         "server's token may write to; empty = none.")
 
+    default_license: str = Field(
+        default="", pattern=r"^([A-Za-z0-9.+-]{1,64})?$",
+        description="The model card license of jobs that give none (e.g. apache-2.0); empty = the base model's "
+        "cached card's license, else 'other'.")
+
     model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
     model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
     quantize_int8: bool = Field(

@@ -15,8 +15,10 @@ from typing import Any
 
 from core.errors import UserError, ValidationFailed
 from training.data import Rows, Source, check_columns, load_rows
+from training.model_card import evaluation_rows
 from training.params_file import FILE as PARAMS_FILE
 from training.params_file import write_json
+from training.provenance import base_model_info, library_versions, resolve_license
 from training.spec import JobSpec
 from training.tasks import get_task
 
@@ -154,6 +156,22 @@ def _best_eval(state: Any) -> dict[str, Any] | None:
     return None
 
 
+# TrainingArguments the model card lists as the effective hyperparameters (with the job's own, which set most).
+_EFFECTIVE_ARGS = (
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "max_steps", "eval_steps", "save_steps", "logging_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
+    "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "data_seed", "fp16",
+    "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "save_total_limit",
+    "predict_with_generate", "generation_max_length", "generation_num_beams",
+)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value for training_params.json: enums (lr_scheduler_type, optim) by their value."""
+    value = getattr(value, "value", value)
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
 def _schedule(n_train: int, params: Any) -> tuple[int, int, int]:
     """(total optimizer steps, eval/save every N steps, logging every N steps)."""
     per_epoch = max(1, math.ceil(n_train / (params.batch_size * params.gradient_accumulation_steps)))
@@ -178,8 +196,13 @@ def run(
     device: str | None = None,
     on_data: Callable[[dict[str, int]], None] | None = None,
     checkpoint_seconds: float = 0.0,
+    default_license: str = "",
 ) -> RunResult:
-    """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`."""
+    """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`.
+
+    `default_license` is the card license of a job that gives none (before the base model's own); the
+    training_params.json written beside the model records everything its model card shows (training/model_card.py).
+    """
     import torch
     from transformers import set_seed
 
@@ -277,12 +300,29 @@ def run(
     tokenizer.save_pretrained(str(out_dir))
     # The Trainer pickles its arguments next to the weights; a served artifact ships no pickles.
     (out_dir / "training_args.bin").unlink(missing_ok=True)
+    base = base_model_info(base_model_resolved, model_source)
+    license_ = resolve_license(spec.license, default=default_license, base_license=base.pop("license"))
     training_params = {
         **json.loads(spec.model_dump_json()),
         "base_model_resolved": base_model_resolved,
+        "base": base,
+        "license": license_["id"],
+        "license_source": license_["source"],
         "serving": prepared.serving_params,
-        "data": {**data.provenance, **data_stats},
+        "data": {**data.provenance, **data_stats, **task.data_facts(train_rows, eval_rows)},
+        "preprocessing": task.preprocessing(serving=prepared.serving_params, tokenizer=tokenizer),
         "schedule": {"total_steps": total, "eval_steps": every, "logging_steps": logging_steps},
+        "effective_hyperparameters": {
+            **{name: _plain(getattr(args, name)) for name in _EFFECTIVE_ARGS if hasattr(args, name)},
+            "epochs_trained": float(trainer.state.epoch or 0.0),
+            "total_train_batch_size": params.batch_size * params.gradient_accumulation_steps,
+        },
+        "training_results": evaluation_rows(trainer.state.log_history, derive=task.derived_metrics),
+        # load_best_model_at_end: the saved weights are those of this evaluation's checkpoint.
+        "best_step": trainer.state.best_global_step,
+        "libraries": library_versions(),
+        "device": device or ("cuda" if use_cuda else "cpu"),
+        "training_seconds": metrics["train_runtime_s"],
     }
     write_json(out_dir / PARAMS_FILE, training_params)
     write_json(out_dir / "metrics.json", metrics)

@@ -16,6 +16,12 @@ TASK_NAMES = ("classification", "question-answering", "summarization", "generati
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MAX_STEPS = 10**9  # step counts far past any real run, small enough for every library's integer types
 MAX_SEED = 2**32 - 1  # numpy's seed range
+# A license id as the Hub spells them (SPDX-like, lowercase: apache-2.0, mit, cc-by-4.0, other).
+LICENSE_PATTERN = r"^[A-Za-z0-9.+-]{1,64}$"
+# ISO 639 codes with optional subtags (en, pt-BR, zh-Hant), or the Hub's "code" / "multilingual".
+LANGUAGE_PATTERN = r"^(?:[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}|code|multilingual)$"
+MAX_LANGUAGES = 32
+Language = Annotated[str, Field(pattern=LANGUAGE_PATTERN, max_length=32)]
 
 
 def hub_repo_id(value: str, *, what: str) -> str:
@@ -213,6 +219,11 @@ class JobRequest(_Strict):
     hyperparameters: dict[str, Any] = Field(default_factory=dict, max_length=64)
     model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
     push: JobPush | None = None
+    license: str | None = Field(default=None, pattern=LICENSE_PATTERN, description=(
+        "The model card's license id (SPDX, as the Hub spells it: apache-2.0, mit, cc-by-4.0, other). Default: "
+        "FTSERVE_DEFAULT_LICENSE, else the base model's cached card's license, else 'other'."))
+    language: Annotated[list[Language], Field(min_length=1, max_length=MAX_LANGUAGES)] | Language | None = Field(
+        default=None, description="ISO 639 code(s) of the training texts, for the model card.")
 
 
 class JobSpec(_Strict):
@@ -226,6 +237,8 @@ class JobSpec(_Strict):
     hyperparameters: dict[str, Any]
     model_name: str
     push: JobPush | None = None
+    license: str | None = None  # as requested; the effective one (with its default) is in training_params.json
+    language: list[str] | None = None
 
     def params(self) -> CommonParams:
         return PARAMS[self.task].model_validate(self.hyperparameters)
@@ -272,4 +285,6 @@ def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
         hyperparameters=params.model_dump(mode="json"),
         model_name=request.model_name or default_model_name,
         push=request.push,
+        license=request.license.lower() if request.license else None,
+        language=[request.language] if isinstance(request.language, str) else request.language,
     )

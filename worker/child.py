@@ -188,7 +188,7 @@ def _sources(spec: JobSpec, store: ArtifactStore, callbacks: JobCallbacks) -> An
                 raise ValidationFailed(f"dataset '{ref.id}' no longer exists")
             path = store.dataset_file(ds.id, ds.file_name)
             return FileSource(path, ds.format, f"dataset {ds.id} ({ds.name})"), {
-                "dataset_id": ds.id, "dataset_sha256": ds.sha256}
+                "dataset_id": ds.id, "dataset_sha256": ds.sha256, "dataset_file": ds.file_name}
         split = getattr(ref, "split", None) or "validation"
         return HubSource(ref.hub, ref.config, split), {"hub": {"name": ref.hub, "config": ref.config,
                                                                 "split": split}}
@@ -208,6 +208,27 @@ def _model_source(resolved: str, store: ArtifactStore) -> str:
         return rest
     name, _, version = rest.rpartition(":")
     return str(store.version_dir(name, int(version)))
+
+
+def lineage(*, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Where a trained version came from, from what its run recorded in training_params.json."""
+    base = params.get("base") or {}
+    kind, _, resolved = str(params.get("base_model_resolved") or "").partition(":")
+    data = params.get("data") or {}
+    hub = data.get("hub")
+    dataset = ({"id": data.get("dataset_id"), "sha256": data.get("dataset_sha256")} if data.get("dataset_id")
+               else {"hub": hub.get("name"), "config": hub.get("config"), "split": hub.get("split")}
+               if isinstance(hub, dict) else None)
+    return {
+        "source": "trained", "job_id": job_id,
+        "base_model": resolved or params.get("base_model"),
+        "base_revision": base.get("revision") if kind == "hub" else resolved,
+        "dataset": dataset,
+        "libraries": params.get("libraries") or {},
+        "device": params.get("device"),
+        "training_seconds": params.get("training_seconds"),
+        "license": params.get("license"),
+    }
 
 
 def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
@@ -246,11 +267,11 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                         dataset_id=data.get("dataset_id"), dataset_sha256=data.get("dataset_sha256"),
                         dataset_hub=data.get("hub"), hyperparameters=spec.hyperparameters,
                         metrics=result.metrics, path=str(store.version_dir(name, version)),
+                        lineage=lineage(job_id=fence.job_id, params=result.training_params),
                     ))
                     s.flush()  # takes the (name, version) key before the directory is published
-                    (staging / "README.md").write_text(model_card.render(
-                        name=name, version=version, task=spec.task, params=result.training_params,
-                        metrics=result.metrics))
+                    model_card.write_card(staging, name=name, version=version, task=spec.task,
+                                          metrics=result.metrics)
                     store.publish(staging, name, version)
                     published = True
                     jobrepo.finish(s, fence.job_id, fence=fence, status=jobrepo.SUCCEEDED,
@@ -352,6 +373,7 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
             out_dir=staging, checkpoints_dir=store.attempt_checkpoints_dir(job_id, attempt),
             on_progress=callbacks.on_progress, on_event=callbacks.on_event, should_stop=callbacks.should_stop,
             resume_from=resume_from, on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
+            default_license=settings.default_license,
         )
         version = _register(fence, spec=spec, result=result, store=store, staging=staging,
                             retry_for=settings.lease_seconds)

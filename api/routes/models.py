@@ -11,6 +11,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -111,6 +112,22 @@ def put_model(name: Name, body: ModelBody, session: SessionDep, viewer: ViewerDe
 def get_version(name: Name, version: Version, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     _model(session, name, viewer)
     return version_out(_version(session, name, version))
+
+
+@router.get("/{name}/versions/{version}/card", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/markdown": {}}}})
+def get_card(name: Name, version: Version, session: SessionDep, viewer: ViewerDep, store: StoreDep
+             ) -> PlainTextResponse:
+    """The version's model card (README.md, Hugging Face Hub format) as `text/markdown`."""
+    _model(session, name, viewer)
+    mv = session.get(ModelVersion, (name, version))
+    if mv is None or mv.deleted_at is not None:
+        raise NotFound(f"model '{name}' has no version {version}")
+    try:
+        text = (store.version_dir(name, version) / "README.md").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(f"version {name}:{version} has no model card") from None
+    return PlainTextResponse(text, media_type="text/markdown")
 
 
 class AliasBody(BaseModel):

@@ -37,6 +37,7 @@ COVERED = {
     # test_model_files_and_deletes_by_owner
     ("GET", "/models/{name}/compare"), ("GET", "/models/{name}/versions/{version}/archive"),
     ("POST", "/models/{name}/versions"), ("DELETE", "/models/{name}/versions/{version}"), ("DELETE", "/models/{name}"),
+    ("GET", "/models/{name}/versions/{version}/card"),  # test_model_cards_follow_the_models_owner
     ("POST", "/classify"), ("POST", "/answer"), ("POST", "/summarize"), ("POST", "/generate"),
     ("GET", "/metrics"),  # test_metrics_are_for_admin_keys
     # tests/api/test_push.py::test_owners_push_and_read_pushes_others_get_404_or_403
@@ -170,6 +171,36 @@ def test_predict_routes_resolve_among_the_callers_models(api: TestClient) -> Non
         assert "no " in err(bob.post(path, json=body), 404, "not_found")  # none of his own
     assert "'alice-gen'" in err(bob.post("/generate", json={"prompt": "x", "model": "alice-gen", "stream": True}),
                                 404, "not_found")
+
+
+def test_model_cards_follow_the_models_owner(api: TestClient) -> None:
+    from datetime import UTC, datetime
+
+    from core.settings import get_settings
+    from registry.store import ArtifactStore
+
+    alice, bob, root = As(api, "alice"), As(api, "bob"), As(api, "root")
+    register("alices", owner="alice")
+    store = ArtifactStore(get_settings().data_dir)
+    folder = store.version_dir("alices", 1)
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# alices (version 1)\n", encoding="utf-8")
+    url = "/models/alices/versions/1/card"
+
+    mine = alice.get(url)
+    assert mine.status_code == 200 and mine.headers["content-type"].startswith("text/markdown")
+    assert mine.text.startswith("---\nlicense: mit")
+    assert root.get(url).text == mine.text
+    assert "'alices'" in err(bob.get(url), 404, "not_found")  # private: as unknown as a missing name
+    assert alice.put("/models/alices", json={"visibility": "shared"}).status_code == 200
+    assert bob.get(url).text == mine.text  # shared: readable by every key
+    assert "version 2" in err(alice.get("/models/alices/versions/2/card"), 404, "not_found")
+    (folder / "README.md").unlink()
+    assert "no model card" in err(alice.get(url), 404, "not_found")
+    with session_scope() as s:
+        s.get(ModelVersion, ("alices", 1)).deleted_at = datetime.now(UTC)  # type: ignore[union-attr]
+    assert "version 1" in err(alice.get(url), 404, "not_found")
+    healthy(api)
 
 
 def test_metrics_are_for_admin_keys(api: TestClient) -> None:

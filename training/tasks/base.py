@@ -77,6 +77,15 @@ class Task(ABC):
     ) -> Prepared:
         """Load the model, tokenize both splits, and give the collator and metrics."""
 
+    def data_facts(self, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the model card says about the rows beyond their counts (classification: label counts)."""
+        return {}
+
+    @abstractmethod
+    def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        """How `prepare` turned rows into model inputs, for the model card: {fact: value}, e.g. max_length,
+        truncation, padding (`serving` is the Prepared.serving_params it returned)."""
+
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Metrics computed from the evaluation's, e.g. perplexity from eval_loss."""
         return {}

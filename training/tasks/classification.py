@@ -153,6 +153,25 @@ class ClassificationTask(Task):
         )
 
 
+    def data_facts(self, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+            found: dict[str, int] = defaultdict(int)
+            for row in rows:
+                found[label_text(row["label"])] += 1
+            return dict(sorted(found.items()))
+
+        return {"label_counts": {"train": counts(train_rows), "validation": counts(eval_rows)}}
+
+    def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        return {
+            "tokenizer": type(tokenizer).__name__,
+            "max_length": serving.get("max_length"),
+            "truncation": "texts longer than max_length tokens are cut at max_length (training and serving)",
+            "padding": "dynamic: each batch is padded to its longest sequence (DataCollatorWithPadding)",
+            "labels": "label values as strings, sorted, numbered from 0 (config.id2label)",
+        }
+
+
 class ClassificationPredictor:
     """A list of texts in, a list of ranked label lists out."""
 

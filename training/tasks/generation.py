@@ -93,6 +93,22 @@ class GenerationTask(Task):
             serving_params={"block_size": block},
         )
 
+    def data_facts(self, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"blank_texts_skipped": {"train": sum(1 for r in train_rows if not r["text"].strip()),
+                                        "validation": sum(1 for r in eval_rows if not r["text"].strip())}}
+
+    def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        return {
+            "tokenizer": type(tokenizer).__name__,
+            "block_size": serving.get("block_size"),
+            "eos_handling": f"each text is tokenized without special tokens and followed by EOS "
+                            f"({tokenizer.eos_token!r}), so the model learns where a text ends",
+            "packing": "the token stream is cut into blocks of block_size tokens; the tokens after the last full "
+                       "block are not used; blank texts are skipped",
+            "padding": f"none in training (every block is full); serving pads with {tokenizer.pad_token!r}",
+            "truncation": "none: long texts span several blocks",
+        }
+
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         loss = metrics.get("eval_loss")
         if loss is None:

@@ -156,6 +156,20 @@ class QuestionAnsweringTask(Task):
         )
 
 
+    def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        return {
+            "tokenizer": type(tokenizer).__name__,
+            "max_length": serving.get("max_length"),
+            "doc_stride": serving.get("doc_stride"),
+            "max_answer_length": serving.get("max_answer_length"),
+            "truncation": "only the context (truncation='only_second'): a long context is read in overlapping "
+                          "windows of max_length tokens that overlap by doc_stride tokens",
+            "padding": "dynamic: each batch is padded to its longest window (DataCollatorWithPadding)",
+            "answers": "the first answer of each row is the training target; a window that does not contain it "
+                       "points at the first token ([CLS]); evaluation compares against every listed answer",
+        }
+
+
 class QuestionAnsweringPredictor:
     """(question, context) pairs in, best spans out: {"answer", "score", "start", "end"}."""
 

@@ -174,6 +174,21 @@ class SummarizationTask(Task):
         )
 
 
+    def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        prefix = serving.get("prefix") or ""
+        return {
+            "tokenizer": type(tokenizer).__name__,
+            "prefix": prefix,
+            "prefix_note": (f"every document is prefixed with {prefix!r} (T5-style task prefix), in training and "
+                            "serving alike") if prefix else "no input prefix",
+            "max_length": serving.get("max_length"),
+            "max_target_length": serving.get("max_target_length"),
+            "truncation": "documents are cut at max_length tokens, summaries at max_target_length tokens",
+            "padding": "dynamic: inputs padded to the longest in each batch, labels padded with -100 (ignored by "
+                       "the loss) (DataCollatorForSeq2Seq)",
+        }
+
+
 class SummarizationPredictor:
     """A list of documents in, a list of summaries out; deterministic (greedy or beam search)."""
 
