@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from filelock import FileLock
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -38,6 +38,9 @@ from registry.models import Dataset, ModelVersion
 from registry.store import ArtifactStore
 from training.spec import JobSpec
 from worker import failpoints
+
+if TYPE_CHECKING:
+    from worker.promotion import Decision
 
 log = logging.getLogger("ftserve.child")
 T = TypeVar("T")
@@ -214,7 +217,7 @@ def _model_source(resolved: str, store: ArtifactStore) -> str:
 
 
 def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
-              retry_for: float, promotion: Any = None) -> int:
+              retry_for: float, promotion: Decision | None = None) -> int:
     """Publish the staged version and register it, in one transaction that holds the fence from its first
     statement: a stale attempt publishes and registers nothing.
 
