@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from api import errors
 from api.auth import ApiKeyMiddleware
 from api.limits import BodyLimitMiddleware
-from api.routes import datasets, jobs, model_files, models, predict, pushes, service
+from api.routes import datasets, evaluations, jobs, model_files, models, predict, pushes, service
 from api.streams import EventHub, StreamSlots
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
     app.state.event_hub = EventHub(jobs.read_events)
     errors.install(app)
-    for module in (service, datasets, jobs, models, model_files, pushes, predict):
+    for module in (service, datasets, jobs, models, model_files, pushes, evaluations, predict):
         app.include_router(module.router)
     # Added last, runs first: a request without a valid key is refused before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,

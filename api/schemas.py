@@ -64,10 +64,26 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
         "model": model,
         "result": job.result,
+        "promote": spec.get("promote"),
         "promotion": job.promotion,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+    }
+
+
+def evaluation_out(job: Job) -> dict[str, Any]:
+    """An evaluation job as `…/evaluations/{id}` shows it: its data, its metrics once it succeeded."""
+    result = job.result or {}
+    return {
+        "id": job.id, "status": job.status, "owner": job.owner,
+        "model": {"name": job.model_name, "version": job.model_version,
+                  "ref": f"{job.model_name}:{job.model_version}"},
+        "dataset": _ref_out(job.spec.get("dataset")), "columns": job.spec.get("columns"),
+        "dataset_sha256": result.get("dataset_sha256", job.spec.get("dataset_sha256")),
+        "metrics": result.get("metrics"),
+        "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None,
+        "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
     }
 
 

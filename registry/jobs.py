@@ -172,6 +172,10 @@ def set_data_stats(session: Session, job_id: str, stats: dict[str, Any], *, fenc
     _fenced_update(session, job_id, fence, {"data_stats": stats})
 
 
+def set_promotion(session: Session, job_id: str, promotion: dict[str, Any], *, fence: Fence) -> None:
+    _fenced_update(session, job_id, fence, {"promotion": promotion})
+
+
 def finish(
     session: Session,
     job_id: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ def _load_hub(source: HubSource) -> Rows:
                 if isinstance(value, int) and 0 <= value < len(names):
                     row[column] = names[value]
     return Rows(list(ds.column_names), rows, source)
+
+
+def map_columns(columns: dict[str, str], rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each row with the mapped columns (field → column) renamed to the task's field names."""
+    for row in rows:
+        yield {field: row.get(column) for field, column in columns.items()}
 
 
 def check_columns(present: list[str], columns: dict[str, str], *, what: str) -> None:

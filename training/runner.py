@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, ValidationFailed
-from training.data import Rows, Source, check_columns, load_rows
+from training.data import Rows, Source, check_columns, load_rows, map_columns
 from training.model_card import evaluation_rows
 from training.params_file import FILE as PARAMS_FILE
 from training.params_file import write_json
 from training.provenance import base_model_info, library_versions, resolve_license
 from training.spec import JobSpec
 from training.tasks import get_task
+from training.tasks.base import Task
 
 ProgressFn = Callable[[dict[str, Any]], None]
 EventFn = Callable[[str, str, dict[str, Any]], None]
@@ -50,8 +51,7 @@ class RunResult:
 
 def map_rows(spec: JobSpec, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Each row with the mapped columns renamed to the task's field names."""
-    for row in rows:
-        yield {field: row.get(column) for field, column in spec.columns.items()}
+    return map_columns(spec.columns, rows)
 
 
 def map_rows_checked(
@@ -172,6 +172,19 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def eval_metrics(task: Task, logged: dict[str, Any]) -> dict[str, float]:
+    """The metrics.json keys of a Trainer evaluation: `eval_loss`, the task's metrics without the `eval_` prefix
+    (`f1_macro`, `rougeLsum`, …) and the derived ones (`perplexity`); timings and the epoch are left out."""
+    metrics: dict[str, float] = {}
+    for key, value in logged.items():
+        if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(
+            ("_runtime", "_per_second", "epoch")
+        ):
+            metrics[key if key == "eval_loss" else key.removeprefix("eval_")] = float(value)
+    metrics.update(task.derived_metrics(metrics))
+    return metrics
+
+
 def _schedule(n_train: int, params: Any) -> tuple[int, int, int]:
     """(total optimizer steps, eval/save every N steps, logging every N steps)."""
     per_epoch = max(1, math.ceil(n_train / (params.batch_size * params.gradient_accumulation_steps)))
@@ -283,14 +296,7 @@ def run(
         raise UserError(
             "training diverged (the loss is not finite); lower the learning_rate or check the data"
         )
-    eval_metrics = _best_eval(trainer.state) or trainer.evaluate()
-    metrics: dict[str, float] = {}
-    for key, value in eval_metrics.items():
-        if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(
-            ("_runtime", "_per_second", "epoch")
-        ):
-            metrics[key if key == "eval_loss" else key.removeprefix("eval_")] = float(value)
-    metrics.update(task.derived_metrics(metrics))
+    metrics = eval_metrics(task, _best_eval(trainer.state) or trainer.evaluate())
     metrics["train_loss"] = train_loss
     metrics["train_runtime_s"] = float(train_out.metrics.get("train_runtime", 0.0))
 

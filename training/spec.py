@@ -209,6 +209,43 @@ class ValidationRef(_Strict):
         return self
 
 
+class EvalDatasetRef(DatasetRef):
+    """The data an evaluation reads: an uploaded dataset, or a hub dataset's split (default: `validation`)."""
+
+    split: str = Field(default="validation", max_length=128)
+
+
+# The metrics an evaluation gives, per task (the keys of a version's metrics.json, less the training-only ones).
+EVAL_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "eval_loss"),
+    "question-answering": ("exact_match", "f1", "eval_loss"),
+    "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum", "eval_loss"),
+    "generation": ("eval_loss", "perplexity"),
+}
+LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity"})
+
+
+def metric_key(task: str, metric: str) -> str:
+    """The metrics.json key `metric` names for `task`: `f1_macro` or `eval_f1_macro` (the Trainer's spelling) are
+    one metric; anything else is a 422 listing the task's keys."""
+    keys = EVAL_METRICS[task]
+    key = metric if metric in keys else metric.removeprefix("eval_")
+    if key not in keys:
+        raise ValidationFailed(f"promote.metric {metric[:64]!r} is not a {task} metric; use one of: "
+                               f"{', '.join(keys)}")
+    return key
+
+
+class PromoteSpec(_Strict):
+    """Evaluate the new version and the alias's current one on `dataset` when training ends; move the alias when
+    the new one is better by at least `min_improvement` (lower is better for eval_loss and perplexity)."""
+
+    alias: str = Field(default="production", pattern=MODEL_NAME_PATTERN)
+    metric: str = Field(min_length=1, max_length=64)
+    min_improvement: float = Field(default=0.0, ge=-1e6, le=1e6, allow_inf_nan=False)
+    dataset: EvalDatasetRef
+
+
 class JobRequest(_Strict):
     task: str = Field(max_length=64)
     base_model: str = Field(min_length=1, max_length=512)
@@ -224,6 +261,7 @@ class JobRequest(_Strict):
         "FTSERVE_DEFAULT_LICENSE, else the base model's cached card's license, else 'other'."))
     language: Annotated[list[Language], Field(min_length=1, max_length=MAX_LANGUAGES)] | Language | None = Field(
         default=None, description="ISO 639 code(s) of the training texts, for the model card.")
+    promote: PromoteSpec | None = None
 
 
 class JobSpec(_Strict):
@@ -239,6 +277,7 @@ class JobSpec(_Strict):
     push: JobPush | None = None
     license: str | None = None  # as requested; the effective one (with its default) is in training_params.json
     language: list[str] | None = None
+    promote: PromoteSpec | None = None
 
     def params(self) -> CommonParams:
         return PARAMS[self.task].model_validate(self.hyperparameters)
@@ -265,13 +304,10 @@ def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
     """Check the task, column mapping and hyperparameters; fill in defaults."""
     if request.task not in PARAMS:
         raise ValidationFailed(f"unknown task '{request.task}'; allowed: {', '.join(TASK_NAMES)}")
-    fields = FIELDS[request.task]
-    unknown = sorted(set(request.columns) - set(fields))
-    if unknown:
-        raise ValidationFailed(
-            f"unknown column field(s) {', '.join(repr(u) for u in unknown)} for task {request.task}; "
-            f"allowed: {', '.join(fields)}"
-        )
+    columns = task_columns(request.task, request.columns)
+    promote = request.promote
+    if promote is not None:
+        promote = promote.model_copy(update={"metric": metric_key(request.task, promote.metric)})
     try:
         params = PARAMS[request.task].model_validate(request.hyperparameters)
     except ValidationError as exc:
@@ -281,10 +317,23 @@ def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
         base_model=request.base_model.strip(),
         dataset=request.dataset,
         validation=request.validation,
-        columns={**fields, **request.columns},
+        columns=columns,
         hyperparameters=params.model_dump(mode="json"),
         model_name=request.model_name or default_model_name,
         push=request.push,
         license=request.license.lower() if request.license else None,
         language=[request.language] if isinstance(request.language, str) else request.language,
+        promote=promote,
     )
+
+
+def task_columns(task: str, columns: dict[str, str]) -> dict[str, str]:
+    """The task's field → column mapping with defaults filled in; a field the task does not have is a 422."""
+    fields = FIELDS[task]
+    unknown = sorted(set(columns) - set(fields))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown column field(s) {', '.join(repr(u) for u in unknown)} for task {task}; "
+            f"allowed: {', '.join(fields)}"
+        )
+    return {**fields, **columns}

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from filelock import FileLock
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -38,6 +38,9 @@ from registry.models import Dataset, ModelVersion
 from registry.store import ArtifactStore
 from training.spec import JobSpec
 from worker import failpoints
+
+if TYPE_CHECKING:
+    from worker.promotion import Decision
 
 log = logging.getLogger("ftserve.child")
 T = TypeVar("T")
@@ -177,26 +180,29 @@ class JobCallbacks:
         return self._stop
 
 
-def _sources(spec: JobSpec, store: ArtifactStore, callbacks: JobCallbacks) -> Any:
+def source_for(ref: Any, store: ArtifactStore, callbacks: JobCallbacks) -> tuple[Any, dict[str, Any]]:
+    """A dataset ref's source and what a version records of it (id and sha256, or the hub name)."""
     from training.data import FileSource, HubSource
+
+    if ref.id is not None:
+        ds = callbacks.write("reading the dataset", lambda s: s.get(Dataset, ref.id))
+        if ds is None:
+            raise ValidationFailed(f"dataset '{ref.id}' no longer exists")
+        path = store.dataset_file(ds.id, ds.file_name)
+        return FileSource(path, ds.format, f"dataset {ds.id} ({ds.name})"), {
+            "dataset_id": ds.id, "dataset_sha256": ds.sha256, "dataset_file": ds.file_name}
+    split = getattr(ref, "split", None) or "validation"
+    return HubSource(ref.hub, ref.config, split), {"hub": {"name": ref.hub, "config": ref.config,
+                                                            "split": split}}
+
+
+def _sources(spec: JobSpec, store: ArtifactStore, callbacks: JobCallbacks) -> Any:
     from training.runner import TrainingData
 
-    def source_for(ref: Any) -> tuple[Any, dict[str, Any]]:
-        if ref.id is not None:
-            ds = callbacks.write("reading the dataset", lambda s: s.get(Dataset, ref.id))
-            if ds is None:
-                raise ValidationFailed(f"dataset '{ref.id}' no longer exists")
-            path = store.dataset_file(ds.id, ds.file_name)
-            return FileSource(path, ds.format, f"dataset {ds.id} ({ds.name})"), {
-                "dataset_id": ds.id, "dataset_sha256": ds.sha256, "dataset_file": ds.file_name}
-        split = getattr(ref, "split", None) or "validation"
-        return HubSource(ref.hub, ref.config, split), {"hub": {"name": ref.hub, "config": ref.config,
-                                                                "split": split}}
-
-    train, provenance = source_for(spec.dataset)
+    train, provenance = source_for(spec.dataset, store, callbacks)
     validation = None
     if spec.validation.split_ratio is None:
-        validation, val_prov = source_for(spec.validation)
+        validation, val_prov = source_for(spec.validation, store, callbacks)
         provenance["validation"] = val_prov
     return TrainingData(train=train, validation=validation, split_ratio=spec.validation.split_ratio or 0.1,
                         provenance=provenance)
@@ -232,7 +238,7 @@ def lineage(*, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
-              retry_for: float) -> int:
+              retry_for: float, promotion: Decision | None = None) -> int:
     """Publish the staged version and register it, in one transaction that holds the fence from its first
     statement: a stale attempt publishes and registers nothing.
 
@@ -274,6 +280,8 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                                           metrics=result.metrics)
                     store.publish(staging, name, version)
                     published = True
+                    if promotion is not None:  # worker/promotion.py: fenced with the registration
+                        promotion.apply(s, fence, name=name, version=version)
                     jobrepo.finish(s, fence.job_id, fence=fence, status=jobrepo.SUCCEEDED,
                                    metrics=result.metrics, model_version=version)
                     committing = True
@@ -375,8 +383,13 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
             resume_from=resume_from, on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
             default_license=settings.default_license,
         )
+        promotion = None
+        if spec.promote is not None:
+            from worker.promotion import evaluate_for_promotion
+
+            promotion = evaluate_for_promotion(spec, staging=staging, store=store, callbacks=callbacks)
         version = _register(fence, spec=spec, result=result, store=store, staging=staging,
-                            retry_for=settings.lease_seconds)
+                            retry_for=settings.lease_seconds, promotion=promotion)
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
         if spec.push is not None:
             from worker.op_push import queue_job_push

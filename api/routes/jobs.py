@@ -32,7 +32,7 @@ from registry.access import EVERYONE, Viewer
 from registry.datafiles import Limits, iter_rows
 from registry.datasets import cached_check, check_key, profile_of
 from registry.db import session_scope
-from registry.models import Job, RegisteredModel
+from registry.models import Dataset, Job, RegisteredModel
 from registry.store import ArtifactStore
 from training.spec import JobRequest, JobSpec, build_spec, hub_repo_id, server_push_problem
 from training.tasks import implemented
@@ -107,29 +107,30 @@ def _check_data(session: Session, store: ArtifactStore, spec: JobSpec, viewer: V
     Columns, types and labels come from the profile stored at upload; a check that needs the rows themselves
     (QA answer offsets) reads them once per dataset and column mapping, and its outcome is kept.
     """
-    from training.data import check_columns
-    from training.runner import map_rows
+    for ref in (spec.dataset, spec.validation, spec.promote.dataset if spec.promote else None):
+        if ref is not None and ref.id is not None:
+            check_dataset(session, store, task=spec.task, dataset_id=ref.id, columns=spec.columns, viewer=viewer)
+
+
+def check_dataset(session: Session, store: ArtifactStore, *, task: str, dataset_id: str, columns: dict[str, str],
+                  viewer: Viewer) -> Dataset:
+    """One uploaded dataset of the caller's (another owner's is a 404) against a task's column mapping."""
+    from training.data import check_columns, map_columns
     from training.tasks import get_task
 
-    task = get_task(spec.task)
+    impl = get_task(task)
     limits = Limits.from_settings()
-    refs = [("dataset", spec.dataset)]
-    if spec.validation.id is not None:
-        refs.append(("validation", spec.validation))
-    for _, ref in refs:
-        if ref.id is None:
-            continue
-        ds = get_dataset(session, ref.id, viewer)
-        what = f"dataset {ds.id} ({ds.name})"
-        path = store.dataset_file(ds.id, ds.file_name)
-        profile = profile_of(ds, path=path, limits=limits)
-        check_columns(profile.columns, spec.columns, what=what)
-        task.check_profile(profile, spec.columns, what=what)
-        if task.needs_rows:
-            rows = partial(iter_rows, path, ds.format, limits=limits, label=ds.file_name)
-            cached_check(ds, key=check_key(spec.task, spec.columns),
-                         run=lambda rows=rows, what=what: task.check_rows(map_rows(spec, rows()), uploaded=True,
-                                                                          what=what))
+    ds = get_dataset(session, dataset_id, viewer)
+    what = f"dataset {ds.id} ({ds.name})"
+    path = store.dataset_file(ds.id, ds.file_name)
+    profile = profile_of(ds, path=path, limits=limits)
+    check_columns(profile.columns, columns, what=what)
+    impl.check_profile(profile, columns, what=what)
+    if impl.needs_rows:
+        rows = partial(iter_rows, path, ds.format, limits=limits, label=ds.file_name)
+        cached_check(ds, key=check_key(task, columns),
+                     run=lambda: impl.check_rows(map_columns(columns, rows()), uploaded=True, what=what))
+    return ds
 
 
 def _check_job_push(spec: JobSpec) -> None:
@@ -202,11 +203,11 @@ def _insert_capped(session: Session, job: Job, *, max_active: int) -> None:
 
 def submit_operation(session: Session, viewer: Viewer, *, kind: str, id_prefix: str, task: str,
                      spec: dict[str, Any], model_name: str, model_version: int | None = None,
-                     secret: str | None = None) -> Job:
+                     secret: str | None = None, dataset_id: str | None = None) -> Job:
     """Queue a job of another kind than training (import, push, evaluate: worker/operations.py), committed
     before its message is sent like any job. `spec` is stored and shown; a `secret` (a Hub token) is not."""
     job = Job(id=new_id(id_prefix), owner=viewer.owner, kind=kind, task=task, spec=spec, model_name=model_name,
-              model_version=model_version, secret=secret)
+              model_version=model_version, secret=secret, dataset_id=dataset_id)
     _insert_capped(session, job, max_active=get_settings().max_active_jobs_per_owner)
     session.commit()
     try:

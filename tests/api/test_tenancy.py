@@ -43,6 +43,9 @@ COVERED = {
     # tests/api/test_push.py::test_owners_push_and_read_pushes_others_get_404_or_403
     ("POST", "/models/{name}/versions/{version}/push"), ("GET", "/models/{name}/versions/{version}/pushes"),
     ("GET", "/models/{name}/versions/{version}/pushes/{push_id}"),
+    # test_evaluations_private_shared_and_admin
+    ("POST", "/models/{name}/versions/{version}/evaluations"), ("GET", "/models/{name}/versions/{version}/evaluations"),
+    ("GET", "/models/{name}/versions/{version}/evaluations/{evaluation_id}"),
 }
 OPEN = {("GET", "/healthz"), ("GET", "/readyz")}
 
@@ -288,3 +291,38 @@ def test_model_files_and_deletes_by_owner(api: TestClient, tmp_path: Path) -> No
     assert alice.get("/models/alices").json()["versions"] == []
     # The deleted model keeps its name for its owner.
     assert "only its owner" in err(send(bob, "alices", archive), 403, "forbidden")
+
+
+def test_evaluations_private_shared_and_admin(api: TestClient) -> None:
+    alice, bob, root = As(api, "alice"), As(api, "bob"), As(api, "root")
+    register("alices", owner="alice")
+    ds_alice = alice.post("/datasets", files={"file": ("a.csv", GOOD_CSV)}).json()["id"]
+    ds_bob = bob.post("/datasets", files={"file": ("b.csv", GOOD_CSV)}).json()["id"]
+    url = "/models/alices/versions/1/evaluations"
+    mine = alice.post(url, json={"dataset": {"id": ds_alice}})
+    assert mine.status_code == 202, mine.text
+    mine_id = mine.json()["id"]
+
+    # Private: bob can neither evaluate it nor read its evaluations.
+    for call in (lambda: bob.post(url, json={"dataset": {"id": ds_bob}}), lambda: bob.get(url),
+                 lambda: bob.get(f"{url}/{mine_id}")):
+        assert "'alices'" in err(call(), 404, "not_found")
+
+    # Shared: every key may evaluate it, on its own data only; each sees its own evaluations, the admin all.
+    assert alice.put("/models/alices", json={"visibility": "shared"}).status_code == 200
+    assert f"'{ds_alice}'" in err(bob.post(url, json={"dataset": {"id": ds_alice}}), 404, "not_found")
+    his = bob.post(url, json={"dataset": {"id": ds_bob}})
+    assert his.status_code == 202 and his.json()["owner"] == "bob", his.text
+    his_id = his.json()["id"]
+    assert [e["id"] for e in bob.get(url).json()["data"]] == [his_id]
+    assert [e["id"] for e in alice.get(url).json()["data"]] == [mine_id]
+    assert {e["id"] for e in root.get(url).json()["data"]} == {mine_id, his_id}
+    assert f"'{mine_id}'" in err(bob.get(f"{url}/{mine_id}"), 404, "not_found")
+    assert f"'{his_id}'" in err(alice.get(f"{url}/{his_id}"), 404, "not_found")
+    err(bob.get(url, params={"after": mine_id}), 404, "not_found")  # another owner's id is no cursor
+    assert bob.get(f"{url}/{his_id}").json()["status"] == "queued"
+    assert root.get(f"{url}/{mine_id}").json()["owner"] == "alice"
+    # The evaluation jobs are their callers' jobs.
+    assert [j["id"] for j in bob.get("/jobs", params={"kind": "evaluate"}).json()["data"]] == [his_id]
+    assert root.post(url, json={"dataset": {"id": ds_bob}}).status_code == 202  # an admin reads every dataset
+    healthy(api)

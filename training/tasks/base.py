@@ -77,6 +77,14 @@ class Task(ABC):
     ) -> Prepared:
         """Load the model, tokenize both splits, and give the collator and metrics."""
 
+    def prepare_eval(self, *, model_source: str, tokenizer: PreTrainedTokenizerBase, params: CommonParams,
+                     rows: list[dict[str, Any]]) -> Prepared:
+        """A trained model as it is, with `rows` tokenized and scored as training's validation split is. The
+        default runs `prepare` with the rows as both splits; a task whose `prepare` changes the model to fit the
+        data (a classification head for another label set) overrides it."""
+        return self.prepare(model_source=model_source, tokenizer=tokenizer, params=params, train_rows=rows,
+                            eval_rows=rows, on_event=lambda *_: None)
+
     def data_facts(self, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> dict[str, Any]:
         """What the model card says about the rows beyond their counts (classification: label counts)."""
         return {}

@@ -86,7 +86,6 @@ class ClassificationTask(Task):
         eval_rows: list[dict[str, Any]],
         on_event: EventFn,
     ) -> Prepared:
-        import datasets
         from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
         from training.modeling import effective_max_length, load_model
@@ -126,32 +125,33 @@ class ClassificationTask(Task):
         model.config.label2id = {lab: int(i) for i, lab in id2label.items()}
         model.config.problem_type = "single_label_classification"
         max_length = effective_max_length(tokenizer, params.max_length)
-
-        def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-            enc["labels"] = [label2id[label_text(x)] for x in batch["label"]]
-            return enc
-
-        def to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
-            ds = datasets.Dataset.from_dict(
-                {"text": [r["text"] for r in rows], "label": [label_text(r["label"]) for r in rows]}
-            )
-            return ds.map(encode, batched=True, remove_columns=["text", "label"])
-
-        def compute_metrics(pred: Any) -> dict[str, float]:
-            logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            y_pred = np.argmax(logits, axis=-1)
-            return {"accuracy": accuracy(pred.label_ids, y_pred), "f1_macro": f1_macro(pred.label_ids, y_pred)}
-
         return Prepared(
             model=model,
-            train=to_dataset(train_rows),
-            eval=to_dataset(eval_rows),
+            train=_encoded(tokenizer, train_rows, label2id=label2id, max_length=max_length),
+            eval=_encoded(tokenizer, eval_rows, label2id=label2id, max_length=max_length),
             collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_metrics,
+            compute_metrics=_compute_metrics,
             serving_params={"labels": labels, "max_length": max_length},
         )
 
+    def prepare_eval(self, *, model_source: str, tokenizer: PreTrainedTokenizerBase, params: CommonParams,
+                     rows: list[dict[str, Any]]) -> Prepared:
+        """The model's own head: label ids come from its config, and a label it was not trained on is an error
+        that names it (a re-created head would score a different model)."""
+        from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+        from training.modeling import effective_max_length, load_model
+
+        model = load_model(AutoModelForSequenceClassification, model_source)
+        label2id = {str(label): int(i) for label, i in (model.config.label2id or {}).items()}
+        unknown = sorted({label_text(r["label"]) for r in rows} - set(label2id))
+        if unknown:
+            shown = ", ".join(repr(u[:100]) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
+            raise ValidationFailed(f"the evaluation data has label(s) the model was not trained on: {shown}; "
+                                   f"its labels are: {', '.join(sorted(label2id))}")
+        ds = _encoded(tokenizer, rows, label2id=label2id, max_length=effective_max_length(tokenizer, params.max_length))
+        return Prepared(model=model, train=ds, eval=ds, collator=DataCollatorWithPadding(tokenizer),
+                        compute_metrics=_compute_metrics)
 
     def data_facts(self, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> dict[str, Any]:
         def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -170,6 +170,25 @@ class ClassificationTask(Task):
             "padding": "dynamic: each batch is padded to its longest sequence (DataCollatorWithPadding)",
             "labels": "label values as strings, sorted, numbered from 0 (config.id2label)",
         }
+
+
+def _encoded(tokenizer: Any, rows: list[dict[str, Any]], *, label2id: dict[str, int], max_length: int) -> Any:
+    import datasets
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc["labels"] = [label2id[label_text(x)] for x in batch["label"]]
+        return enc
+
+    ds = datasets.Dataset.from_dict({"text": [r["text"] for r in rows],
+                                     "label": [label_text(r["label"]) for r in rows]})
+    return ds.map(encode, batched=True, remove_columns=["text", "label"])
+
+
+def _compute_metrics(pred: Any) -> dict[str, float]:
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    y_pred = np.argmax(logits, axis=-1)
+    return {"accuracy": accuracy(pred.label_ids, y_pred), "f1_macro": f1_macro(pred.label_ids, y_pred)}
 
 
 class ClassificationPredictor:
