@@ -179,8 +179,19 @@ def _check_params(params: Any, task: str, defaults: dict[str, Any]) -> dict[str,
             raise ValidationFailed(f"{PARAMS_FILE} serving.{key} must be a string of at most 1000 characters")
         if kind is list and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise ValidationFailed(f"{PARAMS_FILE} serving.{key} must be a list of strings")
-    if "hyperparameters" in params and not isinstance(params["hyperparameters"], dict):
-        raise ValidationFailed(f"{PARAMS_FILE} 'hyperparameters' must be an object")
+    if "hyperparameters" in params:
+        if not isinstance(params["hyperparameters"], dict):
+            raise ValidationFailed(f"{PARAMS_FILE} 'hyperparameters' must be an object")
+        from pydantic import ValidationError
+
+        from training.spec import PARAMS
+
+        try:  # an evaluation of the version re-uses them: they must be a job's hyperparameters
+            PARAMS[task].model_validate(params["hyperparameters"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValidationFailed(f"{PARAMS_FILE} 'hyperparameters' are not a {task} job's: "
+                                   f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
     return {**params, "task": task, "serving": {**defaults, **serving}}
 
 

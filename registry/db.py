@@ -40,12 +40,14 @@ def get_engine(url: str | None = None) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                       hide_parameters=True)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 # A server that stops answering (a partition: packets dropped, no reset) must fail a query within
                 # seconds, not when TCP gives up minutes later: the worker's lease and heartbeat depend on it.
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={
+                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True,
+                                       connect_args={
                     "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                     "keepalives_count": 3, "tcp_user_timeout": 30_000})
             _engines[url] = engine

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.errors import ValidationFailed
 from training.data import Source, check_columns, load_rows, map_columns
 from training.params_file import read_training_params
@@ -47,7 +49,16 @@ def evaluate_version(model_dir: Path, *, task: str, source: Source, columns: dic
         raise ValidationFailed(f"{source.label} has no rows to evaluate on")
     task_impl.check_rows(rows, uploaded=True, what=source.label)
     # The version's effective hyperparameters (an imported version without them gets the task's defaults).
-    params = PARAMS[task].model_validate(read_training_params(model_dir).get("hyperparameters") or {})
+    stored = read_training_params(model_dir)
+    try:
+        params = PARAMS[task].model_validate(stored.get("hyperparameters") or {})
+    except ValidationError as exc:
+        raise ValidationFailed(f"the version's stored hyperparameters are not a {task} job's "
+                               f"({exc.errors()[0]['msg']}); it cannot be evaluated as trained") from exc
+    # Scored with the lengths it is served with (an imported version has serving values, not hyperparameters).
+    serving = stored.get("serving") or {}
+    params = params.model_copy(update={k: serving[k] for k in ("max_length", "doc_stride", "block_size")
+                                       if isinstance(serving.get(k), int) and k in type(params).model_fields})
 
     tokenizer = load_tokenizer(str(model_dir))
     prepared = task_impl.prepare_eval(model_source=str(model_dir), tokenizer=tokenizer, params=params, rows=rows)

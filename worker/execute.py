@@ -214,7 +214,8 @@ def _settle(fence: Fence, returncode: int, *, timed_out: bool, log_path: Path, s
             jobrepo.finish(
                 s, job_id, fence=fence, status=jobrepo.FAILED, error_type="user",
                 error_message=f"job exceeded the maximum duration of {settings.max_job_seconds:.0f}s and was "
-                "stopped; use fewer epochs/max_steps or a smaller dataset",
+                + ("stopped; use fewer epochs/max_steps or a smaller dataset" if (job.kind or "train") == "train"
+                   else f"stopped; the {job.kind} can be retried, or FTSERVE_MAX_JOB_SECONDS raised"),
             )
             return jobrepo.FAILED
         if returncode == EXIT_DB_UNAVAILABLE:
@@ -223,7 +224,8 @@ def _settle(fence: Fence, returncode: int, *, timed_out: bool, log_path: Path, s
         tail = scrub_paths(_tail(log_path))
         jobrepo.finish(
             s, job_id, fence=fence, status=jobrepo.FAILED, error_type="system",
-            error_message=f"training process ended with {how} before finishing"
+            error_message=f"{'training' if (job.kind or 'train') == 'train' else job.kind} process ended with {how} "
+            "before finishing"
             + (f"; last log lines:\n{tail}" if tail else ""),
         )
         return jobrepo.FAILED

@@ -59,7 +59,7 @@ def evaluate(ctx: OperationContext) -> Outcome:
                                                                 status=jobrepo.SUCCEEDED, result=result))
     try:
         refresh_card(ctx.store, name, version)
-    except OSError:
+    except Exception:
         # The evaluation stands (it is written); the card catches up with the next evaluation.
         log.exception("evaluation %s of %s:%s: could not rewrite the model card", fence.job_id, name, version)
     return Outcome(written=True)

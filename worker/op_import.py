@@ -58,6 +58,17 @@ def _online_files(repo_id: str, revision: str | None, *, max_bytes: int) -> tupl
     return [s.rfilename for s in chosen], str(info.sha or "")
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Offline mode, no route, a timeout, a 429 or 5xx: the Hub cannot answer now, and the cache is the other way."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return status is None or status == 429 or status >= 500
+    return isinstance(exc, ConnectionError | TimeoutError | httpx2.TransportError)
+
+
 def fetch(repo_id: str, revision: str | None, *, max_bytes: int) -> tuple[Path, str, str]:
     """(snapshot folder, commit, where from: "hub" | "cache") of the repo's wanted files."""
     from huggingface_hub import snapshot_download
@@ -79,7 +90,9 @@ def fetch(repo_id: str, revision: str | None, *, max_bytes: int) -> tuple[Path, 
                         f"({type(exc).__name__}); check the id, the revision and that the repo is public") from exc
     except UserError:
         raise
-    except Exception as exc:  # offline mode, no route, a timeout, a 5xx: the cache is the other way
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise  # a local failure (disk, a bug) is not the Hub's, and the cache would hide it
         reason = f"{type(exc).__name__}: {str(exc)[:200]}"
         log.info("hub model %s: the Hub is not reachable (%s); trying the cache", repo_id, reason)
     try:
@@ -114,6 +127,7 @@ def _copy(snapshot: Path, into: Path, *, max_bytes: int) -> None:
 def import_from_hub(ctx: OperationContext) -> Outcome:
     from inference.importing import check_model_folder
     from training.imported_card import imported_card
+    from training.provenance import card_license
 
     spec, job = ctx.job.spec, ctx.job
     repo_id, revision, task = spec["hub"], spec.get("revision"), spec.get("task")
@@ -132,7 +146,8 @@ def import_from_hub(ctx: OperationContext) -> Outcome:
         checked = check_model_folder(staging, task=task)
         lineage = {"source": "imported", "job_id": job.id, "base_model": repo_id, "base_revision": commit,
                    "hub": {"name": repo_id, "revision": revision, "commit": commit, "from": source},
-                   "import_seconds": round(time.monotonic() - started, 3)}
+                   "import_seconds": round(time.monotonic() - started, 3),
+                   "license": card_license(staging / "README.md") or checked.license}
         params = {**checked.training_params, "base_model": repo_id, "base_model_resolved": f"hub:{repo_id}"}
         checked.training_params = params
 
@@ -145,7 +160,8 @@ def import_from_hub(ctx: OperationContext) -> Outcome:
 
         version = _register(ctx, staging, checked, lineage=lineage, card=card)
     finally:
-        shutil.rmtree(ctx.store.import_dir(job.id), ignore_errors=True)
+        # This attempt's folder only: a stale attempt still running must not pull the live one's files away.
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("job %s imported %s as %s:%s", job.id, repo_id, job.model_name, version)
     return Outcome(written=True, model_version=version)
 

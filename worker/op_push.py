@@ -2,7 +2,8 @@
 so does a training job that asked for a `push`).
 
 `create_repo(exist_ok=True)`, the branch when it is not `main`, then `upload_folder` of the version's folder
-(weights, tokenizer, config, model card, training_params.json, metrics.json) and nothing else. The Hub is
+(weights, tokenizer, config, model card, training_params.json, metrics.json; an imported version's other
+files too, all checked at import) and nothing outside it. The Hub is
 `FTSERVE_HF_ENDPOINT` (huggingface_hub's default otherwise). `HF_HUB_OFFLINE` (set at start by the hub probe,
 or by the operator) is about downloads: a push contacts the endpoint whatever was reachable at start, so
 huggingface_hub's offline switch, which it checks on every request, is off for the push.

@@ -48,7 +48,7 @@ class Decision:
     def apply(self, s: Session, fence: Fence, *, name: str, version: int) -> dict[str, Any]:
         """Move the alias (when decided and still where it was evaluated) and record the decision on the job,
         in the caller's transaction, which must hold `fence` (see `_register`)."""
-        row = s.get(ModelAlias, (name, self.alias))
+        row = s.get(ModelAlias, (name, self.alias), with_for_update=True)  # a PUT alias now waits for us
         now = row.version if row is not None else None
         moved, reason = self.moved, None
         if now != self.current_version:
@@ -65,6 +65,7 @@ class Decision:
                      "min_improvement": self.min_improvement, "dataset": self.dataset}
         if reason:
             promotion["reason"] = reason
+            promotion["now_version"] = now
         jobrepo.set_promotion(s, fence.job_id, promotion, fence=fence)
         jobrepo.add_event(s, fence.job_id, "promotion", _message(promotion, name), promotion, fence=fence)
         return promotion
@@ -75,7 +76,8 @@ def _message(p: dict[str, Any], name: str) -> str:
                                                  f" vs {p['current']:.6g} (version {p['current_version']})")
     if p["moved"]:
         return f"{name}@{p['alias']} moved to version {p['version']}: {scores}"
-    return f"{name}@{p['alias']} stays at version {p['current_version']}: {scores}" + (
+    where = p.get("now_version", p["current_version"])
+    return f"{name}@{p['alias']} stays at version {where}: {scores}" + (
         f"; {p['reason']}" if "reason" in p else f", improvement below {p['min_improvement']:g}")
 
 

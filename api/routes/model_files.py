@@ -98,6 +98,8 @@ def _publish(store: ArtifactStore, root: Path, checked: Checked, *, name: str, v
             with session_scope() as s:
                 versions.ensure_model(s, name=name, task=checked.task, viewer=viewer)  # 409: taken, other task
                 version = versions.next_version(s, name)
+                from training.provenance import card_license  # reads the card's front matter, no torch
+
                 write_params(root, checked)
                 _card(root, checked, name=name, version=version, sha256=sha256)
                 mv = ModelVersion(
@@ -106,7 +108,7 @@ def _publish(store: ArtifactStore, root: Path, checked: Checked, *, name: str, v
                     hyperparameters=checked.hyperparameters, metrics=checked.metrics,
                     path=str(store.version_dir(name, version)),
                     lineage={"source": "imported", "job_id": None, "base_model": checked.base_model,
-                             "archive_sha256": sha256})
+                             "archive_sha256": sha256, "license": card_license(root / "README.md") or checked.license})
                 s.add(mv)
                 s.flush()  # takes the (name, version) key before the folder is published
                 store.publish(root, name, version)

@@ -112,7 +112,8 @@ def test_an_imported_archive_is_served_at_once(api: TestClient, tiny_dir: Path, 
     with session_scope() as s:
         lineage = s.get(ModelVersion, ("imported", 1)).lineage  # type: ignore[union-attr]
     assert lineage == {"source": "imported", "job_id": None, "base_model": None,
-                       "archive_sha256": body["base_model_resolved"].removeprefix("import:")}
+                       "archive_sha256": body["base_model_resolved"].removeprefix("import:"), "license": "other"}
+    assert body["license"] == "other"
 
     r = api.post("/classify", json={"model": "imported", "inputs": TEXTS, "top_k": None})
     assert r.status_code == 200, r.text

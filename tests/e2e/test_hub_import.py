@@ -62,6 +62,18 @@ def test_a_cached_hub_qa_model_is_imported_and_served(pg_stack: Stack, hf_home: 
     text, _, start, end = brute_force_answer(model_dir, item["question"], item["context"])
     assert (answer["answer"], answer["start"], answer["end"]) == (text, start, end)
 
+    # Exported and imported under another name, the QA model answers with the same spans.
+    archive = pg_stack.client.get("/models/hubsquad/versions/1/archive")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    r = pg_stack.client.post("/models/squad-copy/versions", files={"file": ("hubsquad-1.tar.gz", archive.content)})
+    assert r.status_code == 201, r.text
+    assert (r.json()["task"], r.json()["lineage"]["source"]) == ("question-answering", "imported")
+    items = [{"question": row["question"], "context": row["context"]}
+             for row in jsonl_slice(shared_data / "qa" / "validation.jsonl", 4)]
+    spans = [[(a["answer"], a["start"], a["end"]) for a in pg_stack.client.post(
+        "/answer", json={"model": model, "inputs": items}).json()["answers"]] for model in ("hubsquad", "squad-copy")]
+    assert spans[0] == spans[1] and len(spans[0]) == 4
+
     # Not cached, Hub offline: the job fails saying both; a pickle-only repo is refused, saying so.
     for repo, expected in (("ftserve-test/never-cached", "not in this server's cache"),
                            (PICKLE_REPO, "pickle formats are never loaded")):
