@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.cpus import size_torch_threads
 from core.errors import Conflict, UserError, ValidationFailed, scrub_paths
+from core.ids import new_id
 from core.logging import setup_logging
 from core.settings import Settings, configure_environment, get_settings
 from registry import jobs as jobrepo
@@ -238,7 +239,7 @@ def lineage(*, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
-              retry_for: float, promotion: Decision | None = None) -> int:
+              retry_for: float, promotion: Decision | None = None, push_id: str | None = None) -> int:
     """Publish the staged version and register it, in one transaction that holds the fence from its first
     statement: a stale attempt publishes and registers nothing.
 
@@ -282,6 +283,10 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                     published = True
                     if promotion is not None:  # worker/promotion.py: fenced with the registration
                         promotion.apply(s, fence, name=name, version=version)
+                    if push_id is not None:  # the push the job asked for, queued with its version
+                        from worker.op_push import add_job_push
+
+                        add_job_push(s, fence.job_id, owner=job.owner, spec=spec, version=version, push_id=push_id)
                     jobrepo.finish(s, fence.job_id, fence=fence, status=jobrepo.SUCCEEDED,
                                    metrics=result.metrics, model_version=version)
                     committing = True
@@ -388,13 +393,12 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
             from worker.promotion import evaluate_for_promotion
 
             promotion = evaluate_for_promotion(spec, staging=staging, store=store, callbacks=callbacks)
+        push_id = new_id("push") if spec.push is not None else None
         version = _register(fence, spec=spec, result=result, store=store, staging=staging,
-                            retry_for=settings.lease_seconds, promotion=promotion)
+                            retry_for=settings.lease_seconds, promotion=promotion, push_id=push_id)
         log.info("job %s succeeded: %s:%s", job_id, spec.model_name, version)
-        if spec.push is not None:
-            from worker.op_push import queue_job_push
-
-            queue_job_push(job_id, spec=spec, version=version, retry_for=settings.lease_seconds)
+        if push_id is not None:
+            _send(push_id)
         _clean_up(store, job_id=job_id, model_name=spec.model_name)
         return 0
     except Cancelled:
@@ -407,6 +411,16 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
     if code == 0 and isinstance(outcome, dict) and outcome["status"] == jobrepo.CANCELLED:
         _clean_up(store, job_id=job_id, model_name=spec.model_name)
     return code
+
+
+def _send(job_id: str) -> None:
+    from worker.dispatch import send_job
+
+    try:
+        send_job(job_id)
+    except Exception:
+        # The row is queued already: the reconciler re-sends a queued job whose message was lost.
+        log.exception("could not enqueue %s now; the reconciler will re-send it", job_id)
 
 
 def outcome_of(fence: Fence, exc: Exception, settings: Settings) -> dict[str, Any] | int:

@@ -25,9 +25,7 @@ from urllib.parse import urlparse
 from sqlalchemy.orm import Session
 
 from core.errors import UserError, scrub_paths
-from core.ids import new_id
 from registry import jobs as jobrepo
-from registry.db import in_session
 from registry.models import Job, ModelVersion
 from training.spec import JobSpec, server_push_problem
 from worker.operations import OperationCancelled, OperationContext, Outcome, operation
@@ -183,47 +181,20 @@ def push(ctx: OperationContext) -> Outcome:
     return Outcome(result=result)
 
 
-def queue_job_push(job_id: str, *, spec: JobSpec, version: int, retry_for: float) -> str | None:
-    """Queue the push a training job asked for, now that it registered `version`: a push job of the training
-    job's owner, with the server's token, and an event on the training job naming it. Returns its id.
-
-    The training job has succeeded already (its version is registered), so nothing here may fail it: a push
-    that cannot be queued is logged and said in an event, and the version can still be pushed by hand. The
-    row is the truth: a lost message is re-sent by the reconciler."""
-    from worker.dispatch import send_job
-
+def add_job_push(s: Session, job_id: str, *, owner: str, spec: JobSpec, version: int, push_id: str) -> None:
+    """The push a training job asked for, queued in the transaction that registers its `version` (and holds the
+    job's fence): a push job of the training job's owner with the server's token, and an event on the training
+    job naming it, before its final status event. A worker lost right after the commit loses no push; the
+    message is sent after the commit (`send_job`), and a lost one is re-sent by the reconciler."""
     assert spec.push is not None
-    push_id = new_id("push")
+    if s.get(Job, push_id) is not None:
+        return  # the registration transaction is being retried
     target = spec.push
     push_spec = {"repo_id": target.repo_id, "private": target.private, "revision": target.revision,
                  "commit_message": f"Upload {spec.model_name}:{version} from ftserve (job {job_id})",
                  "auth": "server", "requested_by": job_id}
-
-    def write(s: Session) -> None:
-        if s.get(Job, push_id) is not None:
-            return  # a retry after a commit whose reply was lost
-        owner = jobrepo.get_job(s, job_id).owner
-        jobrepo.create_job(s, Job(id=push_id, owner=owner, kind="push", task=spec.task, spec=push_spec,
-                                  model_name=spec.model_name, model_version=version))
-        jobrepo.add_event(s, job_id, "log", f"push {push_id} queued: {spec.model_name}:{version} to "
-                          f"{target.repo_id} ({target.revision})",
-                          {"push_id": push_id, "repo_id": target.repo_id, "revision": target.revision})
-
-    try:
-        in_session(write, retry_for=retry_for, what=f"queueing the push of job {job_id}")
-    except Exception as exc:
-        log.exception("job %s: could not queue its push to %s", job_id, target.repo_id)
-        why = type(exc).__name__
-        try:
-            in_session(lambda s: jobrepo.add_event(
-                s, job_id, "log", f"could not queue the push to {target.repo_id} ({why}); push "
-                f"{spec.model_name}:{version} with POST /models/{spec.model_name}/versions/{version}/push",
-                {"push_error": why}), retry_for=retry_for, what=f"an event of job {job_id}")
-        except Exception:
-            log.exception("job %s: could not record that its push was not queued", job_id)
-        return None
-    try:
-        send_job(push_id)
-    except Exception:
-        log.exception("could not enqueue %s now; the reconciler will re-send it", push_id)
-    return push_id
+    jobrepo.create_job(s, Job(id=push_id, owner=owner, kind="push", task=spec.task, spec=push_spec,
+                              model_name=spec.model_name, model_version=version))
+    jobrepo.add_event(s, job_id, "log", f"push {push_id} queued: {spec.model_name}:{version} to "
+                      f"{target.repo_id} ({target.revision})",
+                      {"push_id": push_id, "repo_id": target.repo_id, "revision": target.revision})

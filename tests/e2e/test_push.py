@@ -113,7 +113,10 @@ def test_push_to_the_hub(stack: Stack, hub: HubStandIn, shared_data: Path, redis
     folder = stack.data_dir / "models" / "sent" / "1"
 
     # 1. The job's push: the server's token, public as asked, once the version is registered.
-    [queued] = [e for e in stack.events(train["id"]) if "push_id" in (e["data"] or {})]
+    train_events = stack.events(train["id"])
+    [queued] = [e for e in train_events if "push_id" in (e["data"] or {})]
+    # Queued with the version, in its transaction: before the job's final status event.
+    assert queued["id"] < max(e["id"] for e in train_events if (e["data"] or {}).get("status") == "succeeded")
     auto = wait_push(stack, f"{pushes}/{queued['data']['push_id']}")
     assert auto["status"] == "succeeded", auto["error"]
     assert hub.repos["ftserve-org/sent-auto"].private is False
