@@ -163,9 +163,10 @@ class SummarizeRequest(_Body):
     inputs: list[str] | str
     max_new_tokens: int = Field(default=64, ge=1)
     min_new_tokens: int = Field(default=0, ge=0)
-    num_beams: int = Field(default=4, ge=1)
+    # The contract's defaults: greedy decoding, no n-gram blocking (beams and blocking are a request away).
+    num_beams: int = Field(default=1, ge=1)
     length_penalty: float = Field(default=1.0, ge=-10, le=10)
-    no_repeat_ngram_size: int = Field(default=3, ge=0, le=64)
+    no_repeat_ngram_size: int = Field(default=0, ge=0, le=64)
 
     @field_validator("inputs")
     @classmethod

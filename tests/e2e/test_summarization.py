@@ -79,6 +79,11 @@ def test_summarization_end_to_end(pg_stack: Stack, shared_data: Path) -> None:
         # Batched serving must equal one plain-transformers run per document.
         assert body["summaries"] == summarize_reference(version_dir, documents, **gen), beams
 
+    # The contract's defaults: greedy (num_beams 1), no n-gram blocking.
+    r = pg_stack.client.post("/summarize", json={"model": MODEL, "inputs": documents, "max_new_tokens": 16})
+    assert r.json()["summaries"] == summarize_reference(version_dir, documents, max_new_tokens=16, num_beams=1,
+                                                        no_repeat_ngram_size=0)
+
     r = pg_stack.client.post("/summarize", json={"model": MODEL, "inputs": documents[0], "max_new_tokens": 600})
     assert r.status_code == 422 and "max_new_tokens" in r.json()["error"]["message"], r.text
 
