@@ -62,6 +62,20 @@ def fresh_pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def keyed_stack(data_dir: Path, hf_home: Path, redis_url: str, *, keys: str, **env: str) -> Iterator[Stack]:
+    """A stack on a fresh PostgreSQL database and its own queue, with auth on (`keys`: FTSERVE_API_KEYS)."""
+    from tests.stack import free_port
+
+    with fresh_pg_database() as url, Stack(
+        data_dir=data_dir,
+        env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_DATABASE_URL": url,
+             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"{data_dir.name}_{free_port()}",
+             "FTSERVE_API_KEYS": keys, **env},
+    ) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     with fresh_pg_database() as url:

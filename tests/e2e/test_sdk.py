@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 import ftserve
-from tests.conftest import fresh_pg_database
+from tests.conftest import keyed_stack
 from tests.e2e.test_classification import csv_slice
 from tests.e2e.test_question_answering import jsonl_slice
-from tests.stack import Stack, free_port
+from tests.stack import Stack
 from tests.tiny_gpt2 import TINY_GPT2
 from tests.tinymodels import TINY_BERT, TINY_T5
 
@@ -30,12 +30,8 @@ QUICK = {"max_steps": 2, "batch_size": 8}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, hf_home: Path, redis_url: str) -> Iterator[Stack]:
-    with fresh_pg_database() as url, Stack(
-        data_dir=tmp_path_factory.mktemp("sdk"),
-        env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_DATABASE_URL": url,
-             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"sdk_{free_port()}",
-             "FTSERVE_API_KEYS": f"alice:{KEY}", "FTSERVE_MAX_STREAMS_PER_KEY": "1"},
-    ) as s:
+    with keyed_stack(tmp_path_factory.mktemp("sdk"), hf_home, redis_url, keys=f"alice:{KEY}",
+                     FTSERVE_MAX_STREAMS_PER_KEY="1") as s:
         yield s
 
 
