@@ -233,6 +233,7 @@ class Core:
                      json=json, data=dict(data) if data else None, files=files, headers=self.headers(headers),
                      stream=stream)
         attempt = 0
+        lost = False  # an earlier attempt got no answer: the server may have acted on it
         while True:
             for value in (files or {}).values():  # a retried upload sends the file from its start again
                 handle = value[1] if isinstance(value, tuple) else value
@@ -244,10 +245,14 @@ class Core:
                 if not safe or attempt >= self.options.max_retries:
                     raise APIConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
                 delay = self.backoff(attempt)
+                lost = True
                 log.info("%s %s failed (%s); retrying in %.1fs", method, path, type(exc).__name__, delay)
             else:
                 if response.status_code < 400:
                     return response
+                if method == "DELETE" and lost and response.status_code == 404:
+                    # The lost attempt deleted it: what the caller asked for is done.
+                    return httpx.Response(204, request=response.request)
                 if stream:
                     yield ReadBody(response)
                     yield Close(response)

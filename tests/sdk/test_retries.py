@@ -330,3 +330,12 @@ def test_model_files_card_push_and_import_requests(tmp_path: Any, sleeps: list[f
     fake = Fake(httpx.Response(200, json={"name": "a/b", "task": "generation"}))
     client(fake).models.get("a/../b")
     assert fake.requests[0].url.raw_path == b"/models/a%2F..%2Fb"
+
+
+def test_a_delete_whose_answer_was_lost_is_done_when_the_retry_finds_nothing(sleeps: list[float]) -> None:
+    fake = Fake(dropped(), error(404, "not_found", "dataset 'ds_1' not found"))
+    assert client(fake).datasets.delete("ds_1") is None
+    assert [r.method for r in fake.requests] == ["DELETE", "DELETE"]
+    # Without a lost answer, a 404 is the caller's error.
+    with pytest.raises(ftserve.NotFoundError):
+        client(Fake(error(404, "not_found", "dataset 'ds_2' not found"))).datasets.delete("ds_2")
