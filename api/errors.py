@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,6 +62,21 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{where}: {msg}" if where else msg
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method the request's path has (HEAD with GET), read from the OpenAPI document's path templates:
+    Starlette's own `Allow` names only the first route of the path that matched, and a path has one per method."""
+    table = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for template, operations in request.app.openapi()["paths"].items():
+            pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$")
+            methods = {m.upper() for m in operations} | ({"HEAD"} if "get" in operations else set())
+            table.append((pattern, ", ".join(sorted(methods))))
+        request.app.state.allowed_methods = table
+    path = request.scope.get("path", "")
+    return next((methods for pattern, methods in table if pattern.match(path)), None)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.FtserveError)
     async def _domain(_: Request, exc: e.FtserveError) -> JSONResponse:
@@ -75,10 +91,19 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body("validation_error", message, details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _BY_STATUS.get(exc.status_code, "internal" if exc.status_code >= 500 else "validation_error")
-        return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's answer to a JSON body that is not UTF-8: a validation error like any other bad body.
+            return JSONResponse(error_body("validation_error", "the body could not be read as JSON: send UTF-8 JSON "
+                                           "with Content-Type: application/json"), status_code=422)
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path that matched; a path has one route per method.
+            headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+            message = f"{request.method} is not allowed on this path; allowed: {headers['Allow']}"
+        return JSONResponse(error_body(type_, message), status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:

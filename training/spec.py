@@ -247,7 +247,8 @@ class PromoteSpec(_Strict):
 
 
 class JobRequest(_Strict):
-    task: str = Field(max_length=64)
+    # A string checked against the tasks by build_spec (its message lists them); the enum documents them.
+    task: str = Field(max_length=64, json_schema_extra={"enum": list(TASK_NAMES)})
     base_model: str = Field(min_length=1, max_length=512)
     dataset: DatasetRef
     validation: ValidationRef = Field(default_factory=lambda: ValidationRef(split_ratio=0.1))

@@ -7,11 +7,13 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
 
 from api.deps import OwnerDep, SessionDep, SettingsDep, StoreDep, ViewerDep
 from api.pagination import paginate
+from api.responses import VALIDATED, DatasetDetail, Page, errors
+from api.responses import Dataset as DatasetOut
 from api.schemas import dataset_out, page
 from api.uploads import MAX_NAME_CHARS, receive_upload
 from core.errors import Conflict, NotFound
@@ -23,6 +25,7 @@ from registry.datasets import profile_of
 from registry.models import Dataset, Job
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+DatasetId = Annotated[str, Path(max_length=64)]
 # The body is parsed by the route as it streams (api/uploads.py), so its form is described here by hand.
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -38,7 +41,8 @@ def get_dataset(session: Any, dataset_id: str, viewer: Viewer) -> Dataset:
     return ds
 
 
-@router.post("", status_code=201, openapi_extra=UPLOAD_BODY)
+@router.post("", status_code=201, openapi_extra=UPLOAD_BODY, response_model=DatasetOut,
+             responses={**VALIDATED, **errors(400, 413, 415)})
 async def upload_dataset(
     request: Request,
     session: SessionDep,
@@ -64,7 +68,7 @@ async def upload_dataset(
     return dataset_out(ds)
 
 
-@router.get("")
+@router.get("", response_model=Page[DatasetOut], responses={**VALIDATED, **errors(404)})
 def list_datasets(
     session: SessionDep,
     viewer: ViewerDep,
@@ -76,16 +80,16 @@ def list_datasets(
     return page([dataset_out(d) for d in rows], more)
 
 
-@router.get("/{dataset_id}")
-def get_dataset_route(dataset_id: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses={**VALIDATED, **errors(404)})
+def get_dataset_route(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep, store: StoreDep,
                       viewer: ViewerDep) -> dict[str, Any]:
     ds = get_dataset(session, dataset_id, viewer)
     profile = profile_of(ds, path=store.dataset_file(ds.id, ds.file_name), limits=Limits.from_settings(settings))
     return {**dataset_out(ds), "preview": profile.preview, "column_types": profile.column_types()}
 
 
-@router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep, viewer: ViewerDep) -> None:
+@router.delete("/{dataset_id}", status_code=204, responses={**VALIDATED, **errors(404, 409)})
+def delete_dataset(dataset_id: DatasetId, session: SessionDep, store: StoreDep, viewer: ViewerDep) -> None:
     ds = get_dataset(session, dataset_id, viewer)
     in_use = session.scalars(
         select(Job.id).where(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, StoreDep, ViewerDep
 from api.pagination import paginate
+from api.responses import VALIDATED, Evaluation, Page, errors
 from api.routes.jobs import check_dataset, submit_operation
 from api.routes.models import Name, Version, _model
 from api.schemas import evaluation_out, page
@@ -43,7 +44,8 @@ def _version(session: Session, name: str, version: int, viewer: Viewer) -> Model
     return mv
 
 
-@router.post("/{name}/versions/{version}/evaluations", status_code=202)
+@router.post("/{name}/versions/{version}/evaluations", status_code=202, response_model=Evaluation,
+             responses={**VALIDATED, **errors(404, 429)})
 def create_evaluation(name: Name, version: Version, body: EvaluationBody, session: SessionDep, store: StoreDep,
                       viewer: ViewerDep) -> dict[str, Any]:
     """Queue an evaluation of `name:version` on `dataset`; its metrics are the task's, computed as in training."""
@@ -65,7 +67,8 @@ def _of_version(name: str, version: int, viewer: Viewer) -> Any:
         viewer.owner_filter(Job.owner)
 
 
-@router.get("/{name}/versions/{version}/evaluations")
+@router.get("/{name}/versions/{version}/evaluations", response_model=Page[Evaluation],
+            responses={**VALIDATED, **errors(404)})
 def list_evaluations(
     name: Name, version: Version, session: SessionDep, viewer: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -82,7 +85,8 @@ def _is_listed(job: Job, name: str, version: int, viewer: Viewer) -> bool:
     return (job.kind, job.model_name, job.model_version) == ("evaluate", name, version) and viewer.owns(job.owner)
 
 
-@router.get("/{name}/versions/{version}/evaluations/{evaluation_id}")
+@router.get("/{name}/versions/{version}/evaluations/{evaluation_id}", response_model=Evaluation,
+            responses={**VALIDATED, **errors(404)})
 def get_evaluation(name: Name, version: Version, evaluation_id: EvaluationId, session: SessionDep,
                    viewer: ViewerDep) -> dict[str, Any]:
     _version(session, name, version, viewer)

@@ -20,6 +20,9 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, StoreDep, ViewerDep
 from api.pagination import paginate
+from api.responses import VALIDATED, Page, errors, json_body
+from api.responses import Job as JobOut
+from api.responses import JobEvent as JobEventOut
 from api.routes.datasets import get_dataset
 from api.schemas import job_out, page
 from api.streams import EventHub, SlotStream, StreamSlots
@@ -217,7 +220,9 @@ def submit_operation(session: Session, viewer: Viewer, *, kind: str, id_prefix: 
     return job
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body("JobRequest"), responses={
+    200: {"model": JobOut, "description": "A retried request (same `Idempotency-Key` and body): the first job."},
+    **VALIDATED, **errors(404, 409, 429)})
 def submit_job(
     session: SessionDep,
     store: StoreDep,
@@ -252,7 +257,7 @@ def submit_job(
 
 # The polled read routes open their session in the handler rather than through SessionDep: a dependency with
 # `yield` costs two extra thread hops per request (see bench/lifecycle_bench.py).
-@router.get("")
+@router.get("", response_model=Page[JobOut], responses={**VALIDATED, **errors(404)})
 def list_jobs(
     viewer: ViewerDep,
     status: Annotated[str | None, Query(max_length=16)] = None,
@@ -273,13 +278,13 @@ def list_jobs(
         return page([_out(session, j) for j in rows], more)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=JobOut, responses={**VALIDATED, **errors(404)})
 def get_job(job_id: JobId, viewer: ViewerDep) -> dict[str, Any]:
     with session_scope() as session:
         return _out(session, jobrepo.get_job(session, job_id, viewer=viewer))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={**VALIDATED, **errors(404, 409)})
 def cancel_job(job_id: JobId, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     job = jobrepo.request_cancel(session, job_id, viewer=viewer)
     return _out(session, job)
@@ -312,7 +317,11 @@ def _event_cursor(last_event_id: str | None, after: int) -> int:
     return int(value)
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", response_model=Page[JobEventOut], responses={
+    200: {"description": "JSON pages, or with `Accept: text/event-stream` a live stream of `id: <id>`, "
+                         "`event: <type>`, `data: <the event as JSON>` that ends after the terminal status event.",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **VALIDATED, **errors(404, 429)})
 async def job_events(
     job_id: JobId,
     request: Request,

@@ -21,6 +21,9 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import SessionDep, SettingsDep, StoreDep, ViewerDep
+from api.responses import VALIDATED, errors, json_body
+from api.responses import Job as JobOut
+from api.responses import ModelVersion as VersionOut
 from api.routes.jobs import _check_not_a_cached_hub_model, parse_body, submit_operation
 from api.routes.models import Name, Version, _model, _owned, _version
 from api.schemas import job_out, version_out
@@ -40,14 +43,18 @@ from training.spec import hub_repo_id, hub_revision
 
 router = APIRouter(prefix="/models", tags=["models"])
 log = logging.getLogger("ftserve.api")
-IMPORT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary",
-                 "description": "a .tar.gz, .tgz, .tar or .zip of a save_pretrained folder (safetensors only)"},
-        "task": {"type": "string", "enum": list(TASKS)}}}}}}}
+IMPORT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "a .tar.gz, .tgz, .tar or .zip of a save_pretrained folder (safetensors only)"},
+            "task": {"type": "string", "enum": list(TASKS)}}}},
+    **json_body("HubImport")["requestBody"]["content"]}}}
 
 
-@router.get("/{name}/versions/{version}/archive")
+@router.get("/{name}/versions/{version}/archive", response_class=StreamingResponse, responses={
+    200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "The version folder as a .tar.gz."}, **VALIDATED, **errors(404, 503)})
 def export_version(name: Name, version: Version, session: SessionDep, store: StoreDep, viewer: ViewerDep
                    ) -> StreamingResponse:
     """The version folder as a .tar.gz, members under `{name}-{version}/`, produced while it is sent."""
@@ -160,9 +167,10 @@ def _import_from_hub(session: Any, viewer: Viewer, name: str, body: Any) -> dict
     return job_out(job, queue_position=jobrepo.queue_position(session, job))
 
 
-@router.post("/{name}/versions", status_code=201, openapi_extra=IMPORT_BODY,
-             responses={202: {"description": "A Hub import (JSON body `{\"hub\": …}`) is queued as a job of "
-                                             "kind `import`; poll it at /jobs/{id}."}})
+@router.post("/{name}/versions", status_code=201, openapi_extra=IMPORT_BODY, response_model=VersionOut,
+             responses={202: {"model": JobOut, "description": "A Hub import (JSON body `{\"hub\": …}`) is queued as a "
+                                                              "job of kind `import`; poll it at /jobs/{id}."},
+                        **VALIDATED, **errors(400, 404, 409, 413, 415, 429)})
 async def import_version(name: Name, request: Request, session: SessionDep, settings: SettingsDep,
                          store: StoreDep, viewer: ViewerDep) -> Any:
     """Multipart `file` (an archive of a save_pretrained folder) and optional `task` → 201 with the version,

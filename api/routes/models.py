@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import InferenceDep, SessionDep, StoreDep, ViewerDep
+from api.responses import VALIDATED, Comparison, Model, ModelDetail, Page, errors
+from api.responses import ModelVersion as VersionOut
 from api.schemas import model_out, page, version_out
 from core.errors import Forbidden, NotFound, ValidationFailed
 from registry import lifecycle, versions
@@ -64,7 +66,7 @@ def _full(session: Any, model: RegisteredModel) -> dict[str, Any]:
     return model_out(model, latest=_latest(session, model.name), aliases=versions.aliases_of(session, model.name))
 
 
-@router.get("")
+@router.get("", response_model=Page[Model], responses={**VALIDATED, **errors(404)})
 def list_models(
     session: SessionDep,
     viewer: ViewerDep,
@@ -85,7 +87,7 @@ def list_models(
     return page([_full(session, m) for m in rows[:limit]], len(rows) > limit)
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=ModelDetail, responses={**VALIDATED, **errors(404)})
 def get_model(name: Name, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     model = _model(session, name, viewer)
     all_versions = session.scalars(select(ModelVersion).where(ModelVersion.name == name, versions.LIVE)
@@ -98,7 +100,7 @@ class ModelBody(BaseModel):
     visibility: Literal["private", "shared"]
 
 
-@router.put("/{name}")
+@router.put("/{name}", response_model=Model, responses={**VALIDATED, **errors(404)})
 def put_model(name: Name, body: ModelBody, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     """`{"visibility": "shared"}` lets every key list, serve and train from the model; `"private"` takes it back
     (jobs already submitted from it keep their base)."""
@@ -108,14 +110,15 @@ def put_model(name: Name, body: ModelBody, session: SessionDep, viewer: ViewerDe
     return _full(session, model)
 
 
-@router.get("/{name}/versions/{version}")
+@router.get("/{name}/versions/{version}", response_model=VersionOut, responses={**VALIDATED, **errors(404)})
 def get_version(name: Name, version: Version, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     _model(session, name, viewer)
     return version_out(_version(session, name, version))
 
 
 @router.get("/{name}/versions/{version}/card", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/markdown": {}}}})
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}, **VALIDATED,
+                       **errors(404)})
 def get_card(name: Name, version: Version, session: SessionDep, viewer: ViewerDep, store: StoreDep
              ) -> PlainTextResponse:
     """The version's model card (README.md, Hugging Face Hub format) as `text/markdown`."""
@@ -135,7 +138,7 @@ class AliasBody(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
 
 
-@router.put("/{name}/aliases/{alias}")
+@router.put("/{name}/aliases/{alias}", response_model=Model, responses={**VALIDATED, **errors(404)})
 def put_alias(name: Name, alias: AliasName, body: AliasBody, session: SessionDep, viewer: ViewerDep
               ) -> dict[str, Any]:
     model = _owned(session, name, viewer)
@@ -151,7 +154,7 @@ def put_alias(name: Name, alias: AliasName, body: AliasBody, session: SessionDep
     return _full(session, model)
 
 
-@router.delete("/{name}/aliases/{alias}")
+@router.delete("/{name}/aliases/{alias}", response_model=Model, responses={**VALIDATED, **errors(404)})
 def delete_alias(name: Name, alias: AliasName, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     model = _owned(session, name, viewer)
     row = session.get(ModelAlias, (name, alias))
@@ -175,7 +178,7 @@ def _remove_files(store: ArtifactStore, inference: Any, name: str, numbers: list
             log.exception("could not remove the files of deleted version %s:%s", name, number)
 
 
-@router.delete("/{name}/versions/{version}", status_code=204)
+@router.delete("/{name}/versions/{version}", status_code=204, responses={**VALIDATED, **errors(404, 409)})
 def delete_version(name: Name, version: Version, session: SessionDep, store: StoreDep, viewer: ViewerDep,
                    inference: InferenceDep) -> None:
     """The files go; the row stays with `deleted_at`, so the number is never given to other weights. A 409
@@ -186,7 +189,7 @@ def delete_version(name: Name, version: Version, session: SessionDep, store: Sto
     _remove_files(store, inference, name, [version])
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses={**VALIDATED, **errors(404, 409)})
 def delete_model(name: Name, session: SessionDep, store: StoreDep, viewer: ViewerDep, inference: InferenceDep,
                  force: bool = False) -> None:
     """Every version's files go and every version is marked deleted; the model's row stays, so the name stays
@@ -212,7 +215,7 @@ def _versions_param(value: str) -> list[int]:
     return numbers
 
 
-@router.get("/{name}/compare")
+@router.get("/{name}/compare", response_model=Comparison, responses={**VALIDATED, **errors(404)})
 def compare_versions(name: Name, session: SessionDep, viewer: ViewerDep,
                      versions_: Annotated[str, Query(alias="versions", max_length=200)]) -> dict[str, Any]:
     """Metrics side by side, and the hyperparameters whose values differ (a missing one is null)."""

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from api.deps import InferenceDep, SettingsDep, ViewerDep
 from api.errors import error_body, status_of
+from api.responses import VALIDATED, AnswerResponse, ClassifyResponse, GenerateResponse, SummarizeResponse, errors
 from api.schemas import AnswerRequest, ClassifyRequest, GenerateRequest, SummarizeRequest
 from api.streams import SlotStream, StreamSlots
 from core.errors import FtserveError, ValidationFailed
@@ -76,7 +77,7 @@ def _record(endpoint: str, model: str, status: int, t0: float) -> None:
     metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
 
 
-@router.post("/classify")
+@router.post("/classify", response_model=ClassifyResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                    viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
@@ -87,7 +88,7 @@ async def classify(body: ClassifyRequest, request: Request, service: InferenceDe
     return {"model": ref, "predictions": [r[: body.top_k] if body.top_k else r for r in ranked]}
 
 
-@router.post("/answer")
+@router.post("/answer", response_model=AnswerResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def answer(body: AnswerRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                  viewer: ViewerDep) -> dict[str, Any]:
     try:
@@ -102,7 +103,7 @@ async def answer(body: AnswerRequest, request: Request, service: InferenceDep, s
     return {"model": ref, "answers": answers}
 
 
-@router.post("/summarize")
+@router.post("/summarize", response_model=SummarizeResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def summarize(body: SummarizeRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                     viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
@@ -120,7 +121,12 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
     return {"model": ref, "summaries": summaries}
 
 
-@router.post("/generate", response_model=None)
+@router.post("/generate", response_model=GenerateResponse, responses={
+    200: {"description": "JSON, or with `\"stream\": true` a `text/event-stream` of `event: token` "
+                         "(`{\"text\": chunk}`) and a last `event: done` (`{text, finish_reason, tokens}`) or "
+                         "`event: error` (the error shape).",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def generate(body: GenerateRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                    viewer: ViewerDep) -> Any:
     try:

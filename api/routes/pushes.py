@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep, ViewerDep
 from api.pagination import paginate
+from api.responses import VALIDATED, Page, Push, errors
 from api.routes.jobs import submit_operation
 from api.routes.models import Name, Version, _model
 from api.schemas import iso, page
@@ -79,7 +80,8 @@ def push_out(job: Job) -> dict[str, Any]:
     }
 
 
-@router.post("/{name}/versions/{version}/push", status_code=202)
+@router.post("/{name}/versions/{version}/push", status_code=202, response_model=Push,
+             responses={**VALIDATED, **errors(404, 429)})
 def push_version(name: Name, version: Version, body: PushBody, session: SessionDep, viewer: ViewerDep,
                  settings: SettingsDep) -> dict[str, Any]:
     """Queue a push of the version's folder (weights, tokenizer, config, model card) to a Hub model repo."""
@@ -110,7 +112,7 @@ def _is_push_of(job: Job, name: str, version: int) -> bool:
     return job.kind == "push" and job.model_name == name and job.model_version == version
 
 
-@router.get("/{name}/versions/{version}/pushes")
+@router.get("/{name}/versions/{version}/pushes", response_model=Page[Push], responses={**VALIDATED, **errors(404)})
 def list_pushes(
     name: Name,
     version: Version,
@@ -127,7 +129,8 @@ def list_pushes(
     return page([push_out(j) for j in rows], more)
 
 
-@router.get("/{name}/versions/{version}/pushes/{push_id}")
+@router.get("/{name}/versions/{version}/pushes/{push_id}", response_model=Push,
+            responses={**VALIDATED, **errors(404)})
 def get_push(name: Name, version: Version, push_id: PushId, session: SessionDep, viewer: ViewerDep
              ) -> dict[str, Any]:
     _owners_model(session, name, viewer, action="see its pushes")

@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import ViewerDep
+from api.responses import Health, NotReadyBody, Ready
 from core.errors import Forbidden
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -34,7 +35,7 @@ def _checks() -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Ready, responses={503: {"model": NotReadyBody, "description": "A check failed."}})
 async def readyz() -> Any:
     checks = await anyio.to_thread.run_sync(_checks)
     if all(v == "ok" for v in checks.values()):
@@ -47,7 +48,8 @@ async def readyz() -> Any:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}})
 async def metrics(viewer: ViewerDep) -> Response:
     # Labels name every owner's model versions: with keys, only an admin key (a scraper's) may read them.
     if not viewer.admin:
