@@ -433,8 +433,9 @@ def answer(ctx: typer.Context, model: ModelOpt, question: Annotated[str, typer.O
 def summarize(ctx: typer.Context, model: ModelOpt, texts: Annotated[list[str], typer.Argument(metavar="TEXT...")],
               max_new_tokens: Annotated[int | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
     """Summarize texts: one summary per line."""
+    opts = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}  # else the API's default
     with client(ctx) as c:
-        res = c.summarize(texts, model=model, max_new_tokens=max_new_tokens)
+        res = c.summarize(texts, model=model, **opts)
     if as_json:
         return print_json(res)
     for summary in res.summaries:

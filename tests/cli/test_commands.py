@@ -165,6 +165,11 @@ def test_predict_errors_name_the_model(api: TestClient) -> None:
     assert code == 3 and "nope" in err
     code, _, _ = run("classify", "great film")
     assert code == 2  # --model is required
+    # Options left out are left to the API's defaults (not sent as null): the answer is the model's 404.
+    for args in (("summarize", "--model", "nope", "A long text."), ("answer", "--model", "nope", "--question", "q",
+                                                                      "--context", "c")):
+        code, _, err = run(*args)
+        assert code == 3 and err.startswith("error: not_found: ") and "nope" in err, err
 
 
 def test_server_commands_keep_their_flags(monkeypatch: pytest.MonkeyPatch) -> None:
