@@ -85,6 +85,10 @@ def cmd_worker(queues: str | None, concurrency: int) -> int:
     start_reconciler(settings)
     queues = queues or settings.queue
     pool = "solo" if concurrency == 1 else "prefork"
+    if pool == "solo":  # this process runs the jobs: its first training process starts now
+        from worker.execute import prepare_standby
+
+        prepare_standby(settings)
     app.worker_main(argv=[
         "worker", "--loglevel=INFO", "-Q", queues, "-c", str(concurrency), "-P", pool,
         "-n", f"ftserve-{os.getpid()}@{socket.gethostname()}", "--without-gossip", "--without-mingle",

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(
         default=50, ge=1, description="Queued + running jobs per owner (429 beyond).")
     max_job_seconds: float = 24 * 3600.0
+    warm_training_process: bool = Field(
+        default=True, description="Keep the next job's training process started, torch imported (~7 s on a CPU), "
+                                  "waiting for its job; costs that process's memory while idle.")
     cancel_grace_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     lease_seconds: float = 60.0

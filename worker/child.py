@@ -501,5 +501,51 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(cwd, ignore_errors=True)
 
 
+# What a job's process imports before it can train: ~7 s of a CPU, paid by a standby before its job is known.
+PRELOAD = ("torch", "transformers", "datasets", "training.runner", "training.data", "training.tasks.classification",
+           "training.tasks.question_answering", "training.tasks.summarization", "training.tasks.generation",
+           "worker.operations")
+PRELOAD_ATTRS = ("Trainer", "Seq2SeqTrainer", "TrainingArguments", "AutoConfig", "AutoTokenizer",
+                 "AutoModelForSequenceClassification", "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
+                 "AutoModelForCausalLM", "DataCollatorWithPadding")
+
+
+def standby(parent_pid: int) -> int:
+    """A training process started before its job (`FTSERVE_WARM_TRAINING_PROCESS`): it imports what training
+    needs, then reads its job from stdin — one JSON line `{"argv": [...], "log": path}` — points its output at
+    the attempt's log and runs it as `main` would. EOF instead (its worker stopping) ends it. It dies with its
+    worker like any job's process, and touches no GPU and no database before its job."""
+    die_with_parent(parent_pid)
+    import importlib
+
+    started = time.monotonic()
+    failed: BaseException | None = None
+    try:
+        for module in PRELOAD:
+            importlib.import_module(module)
+        transformers = sys.modules["transformers"]
+        for name in PRELOAD_ATTRS:
+            getattr(transformers, name)
+    except BaseException as exc:  # kept for the job's log: the job fails with it, not a silent standby
+        failed = exc
+    imported = time.monotonic() - started
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    job = json.loads(line)
+    fd = os.open(job["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    print(f"training process {os.getpid()} was started {time.monotonic() - started:.1f}s before its job "
+          f"(imports: {imported:.1f}s)", file=sys.stderr, flush=True)
+    if failed is not None:
+        traceback.print_exception(failed)
+        return 1
+    return main(job["argv"])
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--standby"]:
+        sys.exit(standby(int(sys.argv[2])))
     sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -45,6 +46,50 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+_standby: subprocess.Popen[bytes] | None = None  # this process's next training process, torch imported
+
+
+def _spawn_standby() -> subprocess.Popen[bytes]:
+    # Its own session, as a job's process has: the supervisor signals the whole group.
+    return subprocess.Popen([sys.executable, "-m", "worker.child", "--standby", str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=os.environ.copy())
+
+
+def prepare_standby(settings: Settings) -> None:
+    """Start this worker process's standby training process now (at worker start), so its first job is warm."""
+    global _standby
+    if settings.warm_training_process and (_standby is None or _standby.poll() is not None):
+        _standby = _spawn_standby()
+
+
+def _start_child(argv: list[str], *, out: Any, log_path: Path, warm: bool) -> subprocess.Popen[bytes]:
+    """The job's training process: the standby if one is ready (it gets its job on stdin), else a new one; then
+    the next standby starts, importing while this job runs."""
+    global _standby
+    proc, _standby = _standby, None
+    if warm and proc is not None and proc.poll() is None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"argv": argv, "log": str(log_path)}).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died after the check: start one the cold way
+            proc.kill()
+            proc.wait()
+            proc = None
+    else:
+        if proc is not None:  # a standby left over from before the setting changed, or a dead one
+            proc.kill()
+            proc.wait()
+        proc = None
+    if proc is None:
+        proc = subprocess.Popen([sys.executable, "-m", "worker.child", *argv], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=os.environ.copy())
+    if warm:
+        _standby = _spawn_standby()
+    return proc
 
 
 class _Heartbeat(threading.Thread):
@@ -146,10 +191,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
     term_sent_at: float | None = None
     abandoned: str | None = None
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.child", job_id, worker_id, str(os.getpid()), str(fence.attempt)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
-        )
+        proc = _start_child([job_id, worker_id, str(os.getpid()), str(fence.attempt)], out=out, log_path=log_path,
+                            warm=settings.warm_training_process)
         try:
             last_check = 0.0
             while proc.poll() is None:

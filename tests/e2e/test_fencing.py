@@ -8,6 +8,7 @@ expires, and the second attempt resumes from the first one's checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -47,13 +48,15 @@ def fenced_stack(tmp_path_factory: pytest.TempPathFactory, hf_home: Path, redis_
 
 
 def training_process(stack: Stack, job_id: str) -> int | None:
-    """The pid of the job's training process (`python -m worker.child <job> …`) under the worker."""
+    """The pid of the job's training process under the worker: a `python -m worker.child` whose output is the
+    job's attempt log (a standby started before its job has no job id in its command line)."""
     for pid in descendants(stack.procs["worker"].pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            output = os.readlink(f"/proc/{pid}/fd/1")
         except OSError:
             continue  # exited while we looked
-        if b"worker.child" in argv and job_id.encode() in argv:
+        if b"worker.child" in argv and f"/jobs/{job_id}/logs/" in output:
             return pid
     return None
 
