@@ -28,9 +28,14 @@ In one run, on this machine:
    32 texts per request), and the raw loop's accuracy as a cross-check.
 5. /generate. 16 prompts of equal token length, greedy, exactly 64 new tokens (`min_new_tokens` 64): sent
    concurrently (`--gen-rounds` rounds), and the same 16 requests one at a time; new tokens per second.
+6. /generate, mixed traffic (serving v2): 16 prompts of 4-64 tokens with max_new_tokens 16-128 (four of them 16),
+   greedy, sent concurrently and one at a time: tokens/s, and the 16-token requests' latency under that load
+   against alone; then the median time to the first streamed token over 20 streams, idle and while 16 clients
+   keep sending the mixed requests.
 
 Targets at 64 connections: ftserve req/s >= 2x naive, >= 80 % of the raw limit, ftserve p99 <= 3x its p50;
-/generate: concurrent tokens/s >= 3x one at a time. Per run, the CPU cores used by the server, by this
+/generate: concurrent tokens/s >= 3x one at a time, equal-length and mixed; 16-token requests under the mixed load
+<= 3x alone; first streamed token with 16 running <= 3x idle. Per run, the CPU cores used by the server, by this
 process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
 Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing.
 
@@ -100,6 +105,12 @@ MIN_OVER_NAIVE = 2.0
 MIN_OVER_LIMIT = 0.8
 MAX_TAIL = 3.0
 MIN_GEN_SPEEDUP = 3.0
+# Mixed traffic (serving v2): prompts of 4-64 tokens, max_new_tokens 16-128, four requests of 16 new tokens.
+MIXED_PROMPT_TOKENS = (4, 64)
+MIXED_NEW_TOKENS = [16, 16, 16, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 104, 112, 128]
+MAX_SHORT_SLOWDOWN = 3.0  # a 16-token request under the mixed load / alone
+MAX_TTFT_SLOWDOWN = 3.0  # median time to the first streamed token with 16 others running / idle
+TTFT_REQUESTS = 20
 
 
 # -- the naive server ------------------------------------------------------------------------------------------
@@ -553,6 +564,97 @@ def generate_round(client: Any, model: str, model_ref: str, prompts: list[str], 
                     int(after[0] - before[0]), batch_sizes(buckets, batch_buckets(client, model_ref)))
 
 
+@dataclass
+class MixedRound:
+    mode: str
+    seconds: float
+    tokens: int
+    latencies: list[float]  # per request, in the order of the requests
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def mixed_requests(model_dir: Path) -> list[tuple[str, int]]:
+    """16 (prompt, max_new_tokens): prompts of 4 to 64 tokens from generation/validation.txt, evenly spread, with
+    MIXED_NEW_TOKENS in an order that does not follow the prompt lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    passages = [ids for p in GENERATION_VAL_TXT.read_text(encoding="utf-8").split("\n\n")
+                if len(ids := tokenizer(p)["input_ids"]) >= MIXED_PROMPT_TOKENS[1]]
+    low, high = MIXED_PROMPT_TOKENS
+    count = len(MIXED_NEW_TOKENS)
+    lengths = [low + (high - low) * i // (count - 1) for i in range(count)]
+    budgets = MIXED_NEW_TOKENS[::2] + MIXED_NEW_TOKENS[1::2]
+    return [(tokenizer.decode(passages[i % len(passages)][:n]), budgets[i]) for i, n in enumerate(lengths)]
+
+
+def mixed_round(client: Any, model: str, requests: list[tuple[str, int]], *, concurrent: bool) -> MixedRound:
+    def one(request: tuple[str, int], gate: threading.Barrier | None) -> tuple[int, float]:
+        if gate is not None:
+            gate.wait()
+        t = time.perf_counter()
+        r = client.post("/generate", json={"model": model, "prompt": request[0], "max_new_tokens": request[1]})
+        if r.status_code != 200:
+            raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text}")
+        return int(r.json()["generations"][0]["tokens"]), time.perf_counter() - t
+
+    if concurrent:
+        gate = threading.Barrier(len(requests) + 1)
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(one, r, gate) for r in requests]
+            gate.wait()
+            t0 = time.perf_counter()
+            results = [f.result() for f in futures]
+    else:
+        t0 = time.perf_counter()
+        results = [one(r, None) for r in requests]
+    seconds = time.perf_counter() - t0
+    return MixedRound("16 concurrent" if concurrent else "one at a time", seconds, sum(t for t, _ in results),
+                      [e for _, e in results])
+
+
+def first_token_seconds(base_url: str, model: str, prompt: str, max_new_tokens: int = 16) -> float:
+    """Time from sending a streamed /generate to its first `event: token` (the stream is then read to its end)."""
+    import httpx
+
+    t = time.perf_counter()
+    first = None
+    with httpx.Client(base_url=base_url, timeout=300) as http, http.stream(
+            "POST", "/generate", json={"model": model, "prompt": prompt, "max_new_tokens": max_new_tokens,
+                                       "stream": True}) as r:
+        for line in r.iter_lines():
+            if first is None and line.startswith("event: token"):
+                first = time.perf_counter() - t
+    if first is None:
+        raise RuntimeError("a streamed /generate sent no token")
+    return first
+
+
+def ttft_under_load(client: Any, base_url: str, model: str, requests: list[tuple[str, int]], prompt: str
+                    ) -> list[float]:
+    """TTFT_REQUESTS first-token times, one at a time, while 16 clients keep sending the mixed requests."""
+    stop = threading.Event()
+
+    def keep_sending(request: tuple[str, int]) -> None:
+        while not stop.is_set():
+            r = client.post("/generate", json={"model": model, "prompt": request[0], "max_new_tokens": request[1]})
+            if r.status_code != 200:
+                raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text}")
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        load = [pool.submit(keep_sending, r) for r in requests]
+        try:
+            time.sleep(2.0)  # the load is running
+            return [first_token_seconds(base_url, model, prompt) for _ in range(TTFT_REQUESTS)]
+        finally:
+            stop.set()
+            for f in load:
+                f.result()
+
+
 # -- jobs -----------------------------------------------------------------------------------------------------------
 def submit(stack: Any, body: dict[str, Any]) -> str:
     r = stack.client.post("/jobs", json=body)
@@ -630,6 +732,11 @@ class Figures:
     gen_sequential: GenRound | None = None
     gen_concurrent: list[GenRound] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    mixed: list[tuple[str, int]] = field(default_factory=list)
+    mixed_sequential: MixedRound | None = None
+    mixed_concurrent: MixedRound | None = None
+    ttft_idle: list[float] = field(default_factory=list)
+    ttft_loaded: list[float] = field(default_factory=list)
 
 
 def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
@@ -672,6 +779,20 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
               f"| {statistics.median(g.latencies):.2f} / {max(g.latencies):.2f} | {g.batches} ({g.sizes}) |")
     same = sum(int(a == b) for a, b in zip(median.texts, seq.texts, strict=True))
     print(f"\nConcurrent texts identical to the one-at-a-time texts: {same} of {GEN_REQUESTS} (median round).")
+    ms, mc = fig.mixed_sequential, fig.mixed_concurrent
+    assert ms is not None and mc is not None
+    short = [i for i, (_, n) in enumerate(fig.mixed) if n == 16]
+    short_alone = statistics.median(ms.latencies[i] for i in short)
+    short_loaded = statistics.median(mc.latencies[i] for i in short)
+    ttft_idle, ttft_loaded = statistics.median(fig.ttft_idle), statistics.median(fig.ttft_loaded)
+    print(f"\n/generate, mixed traffic: {len(fig.mixed)} prompts of {MIXED_PROMPT_TOKENS[0]}-{MIXED_PROMPT_TOKENS[1]} "
+          f"tokens, max_new_tokens {min(MIXED_NEW_TOKENS)}-{max(MIXED_NEW_TOKENS)}, greedy.\n\n"
+          "| run | seconds | new tokens | tokens/s | 16-token requests' latency (median) s |\n"
+          "|---|---:|---:|---:|---:|")
+    for m, lat in ((ms, short_alone), (mc, short_loaded)):
+        print(f"| {m.mode} | {m.seconds:.2f} | {m.tokens} | {m.tokens_per_s:.1f} | {lat:.2f} |")
+    print(f"\nTime to the first streamed token (max_new_tokens 16, {TTFT_REQUESTS} requests each): idle median "
+          f"{ttft_idle:.3f} s, with 16 mixed clients running {ttft_loaded:.3f} s.")
 
     a64, n64 = ft[-1], naive[-1]
     checks = [
@@ -685,6 +806,15 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
         (f"/generate tokens/s 16 concurrent / one at a time ≥ {MIN_GEN_SPEEDUP:g}x",
          f"{median.tokens_per_s:.1f} / {seq.tokens_per_s:.1f} = {median.tokens_per_s / seq.tokens_per_s:.2f}x "
          f"(median of {len(concurrent)} rounds)", median.tokens_per_s / seq.tokens_per_s >= MIN_GEN_SPEEDUP),
+        (f"/generate mixed tokens/s 16 concurrent / one at a time ≥ {MIN_GEN_SPEEDUP:g}x",
+         f"{mc.tokens_per_s:.1f} / {ms.tokens_per_s:.1f} = {mc.tokens_per_s / ms.tokens_per_s:.2f}x",
+         mc.tokens_per_s / ms.tokens_per_s >= MIN_GEN_SPEEDUP),
+        (f"/generate mixed: 16-token requests under load ≤ {MAX_SHORT_SLOWDOWN:g}x alone",
+         f"{short_loaded:.2f} / {short_alone:.2f} s = {short_loaded / short_alone:.2f}x",
+         short_loaded / short_alone <= MAX_SHORT_SLOWDOWN),
+        (f"time to first streamed token with 16 running ≤ {MAX_TTFT_SLOWDOWN:g}x idle (median)",
+         f"{ttft_loaded:.3f} / {ttft_idle:.3f} s = {ttft_loaded / ttft_idle:.2f}x",
+         ttft_loaded / ttft_idle <= MAX_TTFT_SLOWDOWN),
     ]
     print("\n| target | figure | result |\n|---|---|---|")
     for name, figure, ok in checks:
@@ -815,6 +945,18 @@ def run(args: argparse.Namespace) -> int:
                 print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches "
                       f"({g.sizes})",
                       flush=True)
+
+            fig.mixed = mixed_requests(gen_dir)
+            mixed_round(client, GENERATOR, fig.mixed, concurrent=True)  # warm-up, not counted
+            fig.mixed_sequential = mixed_round(client, GENERATOR, fig.mixed, concurrent=False)
+            fig.mixed_concurrent = mixed_round(client, GENERATOR, fig.mixed, concurrent=True)
+            for m in (fig.mixed_sequential, fig.mixed_concurrent):
+                print(f"/generate mixed, {m.mode}: {m.seconds:.2f} s, {m.tokens_per_s:.1f} tokens/s", flush=True)
+            fig.ttft_idle = [first_token_seconds(api.base_url, GENERATOR, fig.mixed[0][0])
+                             for _ in range(TTFT_REQUESTS)]
+            fig.ttft_loaded = ttft_under_load(client, api.base_url, GENERATOR, fig.mixed, fig.mixed[0][0])
+            print(f"time to the first streamed token: idle median {statistics.median(fig.ttft_idle):.3f} s, with 16 "
+                  f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
             client.close()
 
         # -- naive -------------------------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
     )
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
-    max_batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits to fill up.")
+    max_batch_wait_ms: float = Field(default=5.0, ge=0, description=(
+        "How long a /summarize or /generate batch waits to fill up (/classify and /answer never wait)."))
     max_batch_tokens: int = Field(
         default=16384, ge=0,
         description="Most tokens in one batch, padded (inputs × the longest), estimated at ~4 characters per "

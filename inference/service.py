@@ -71,6 +71,14 @@ class Resolved:
         return f"{self.name}:{self.version}"
 
 
+
+def generation_cost(item: tuple[str, int]) -> int:
+    """A prompt and its max_new_tokens: the positions its row of a `generate` batch may fill."""
+    return estimated_tokens(item[0]) + item[1]
+
+# The forward passes of /classify and /answer: one short pass per batch, so they never wait for a batch to fill.
+ZERO_WAIT_METHODS = frozenset({"predict", "answer"})
+
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -179,16 +187,22 @@ class InferenceService:
         key = (resolved.ref, method, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
-            extra_tokens = int(params.get("max_new_tokens") or 0) if method == "generate" else 0
             executor = self._executors.get(resolved.ref)
             if executor is None:
                 executor = self._executors[resolved.ref] = ThreadPoolExecutor(
                     1, thread_name_prefix=f"forward-{resolved.ref}")
+            # Encoders batch with no wait (as TEI does): an idle model runs a request at once, and under load a
+            # batch is what queued while the previous forward ran. Generation waits a little (FTSERVE_MAX_BATCH_
+            # WAIT_MS, stretched with its run time) so that concurrent calls can share one `generate`.
+            zero_wait = method in ZERO_WAIT_METHODS
             batcher = Batcher(
                 lambda items: self._call(resolved, method, items, **params), model=resolved.ref, executor=executor,
-                max_batch_size=self.settings.max_batch_size, max_wait=self.settings.max_batch_wait_ms / 1000,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
+                wait_fraction=0.0 if zero_wait else 0.02,
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._forget(key),
-                cost=lambda item: estimated_tokens(item) + extra_tokens, max_cost=self.settings.max_batch_tokens,
+                cost=generation_cost if method == "generate" else estimated_tokens,
+                max_cost=self.settings.max_batch_tokens,
                 also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
             )
             self._batchers[key] = batcher
@@ -199,6 +213,11 @@ class InferenceService:
                   **params: Any) -> list[Any]:
         """Run `items` through the batcher of `resolved` (resolved once, before: an alias moved later does not
         affect this request); one result per item."""
+        if method == "generate":
+            # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
+            params = dict(params)
+            budget = int(params.pop("max_new_tokens", 64))
+            items = [(item, budget) for item in items]
         batcher = self._batcher(resolved, method, params)
         return await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
                                     is_disconnected=is_disconnected)

@@ -87,6 +87,26 @@ def test_the_wait_stretches_with_the_batch_run_time_up_to_its_cap() -> None:
     assert b.wait == 0.05
 
 
+def test_with_no_wait_an_idle_model_runs_a_request_alone_and_batches_form_from_what_queued_meanwhile() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()  # the first forward runs until released
+        b = batcher(model, max_wait=0.0, wait_fraction=0.0)
+        first = asyncio.ensure_future(b.submit(["alone"], timeout=5))
+        await asyncio.sleep(0)
+        while b.depth:  # taken at once: no wait for a second request to join
+            await asyncio.sleep(0.001)
+        rest = asyncio.gather(*(b.submit([f"q{i}"], timeout=5) for i in range(3)))
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        assert await first == ["out:alone"]
+        assert await rest == [[f"out:q{i}"] for i in range(3)]
+        assert model.batches == [["alone"], ["q0", "q1", "q2"]]  # the three that queued while it ran, together
+        assert b.wait == 0.0
+
+    asyncio.run(main())
+
+
 def test_a_failing_batch_fails_only_its_own_requests() -> None:
     async def main() -> None:
         model = Model()

@@ -130,6 +130,19 @@ class _StopOn:
                             device=input_ids.device)
 
 
+class _RowBudgets:
+    """Stops each row of a batched `generate` at its own `max_new_tokens` (the call runs to the largest)."""
+
+    def __init__(self, prompt_len: int, budgets: list[int]) -> None:
+        self.prompt_len, self.budgets = prompt_len, budgets
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        made = input_ids.shape[1] - self.prompt_len
+        return torch.tensor([made >= budget for budget in self.budgets], dtype=torch.bool, device=input_ids.device)
+
+
 class _StopWhenSet:
     """Stops `generate` at the next token once the event is set (the streaming client went away)."""
 
@@ -165,24 +178,31 @@ class GenerationPredictor:
         self.model = load_model(AutoModelForCausalLM, str(model_dir)).to(device).eval()
         self.device = device
 
-    def generate(self, prompts: list[str], **params: Any) -> list[Any]:
-        """Prompts of the same token length share one `generate` call: no padding, so each text is the one an
-        unbatched call gives. Seeded sampling runs prompt by prompt, so a seed's text never depends on what
-        else is in the batch."""
+    def generate(self, prompts: list[str | tuple[str, int]], **params: Any) -> list[Any]:
+        """Prompts share one `generate` call, left-padded with an attention mask (positions counted from each
+        prompt's first real token), so each text is the one an unbatched call gives. A prompt may come with its
+        own `max_new_tokens` (`(prompt, n)`): the call runs to the largest and each row stops at its own (a
+        stopping criterion per row), so requests of different lengths share a call too. Two exceptions: with a
+        repetition penalty, prompts of one token length share a call (the penalty would count a padded row's pad
+        tokens), and seeded sampling runs prompt by prompt, so a seed's text never depends on its batch-mates."""
+        default = int(params.pop("max_new_tokens", 64))
+        items = [(p, default) if isinstance(p, str) else (p[0], int(p[1])) for p in prompts]
         if params.get("do_sample") and params.get("seed") is not None:
-            return [self.context_error(len(self.tokenizer(prompt)["input_ids"]), int(params.get("max_new_tokens", 64)))
-                    or self._one(prompt, **params) for prompt in prompts]
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-        out: list[Any] = [{}] * len(prompts)
+            return [self.context_error(len(self.tokenizer(prompt)["input_ids"]), budget)
+                    or self._one(prompt, max_new_tokens=budget, **params) for prompt, budget in items]
+        ids = [self.tokenizer(prompt)["input_ids"] for prompt, _ in items]
+        out: list[Any] = [{}] * len(items)
         groups: dict[int, list[int]] = {}
+        exact = float(params.get("repetition_penalty", 1.0)) != 1.0
         for index, row in enumerate(ids):
-            error = self.context_error(len(row), int(params.get("max_new_tokens", 64)))
+            error = self.context_error(len(row), items[index][1])
             if error is not None:
                 out[index] = error  # fails its own request only (see inference/batcher.py)
                 continue
-            groups.setdefault(len(row), []).append(index)
+            groups.setdefault(len(row) if exact else 0, []).append(index)
         for indices in groups.values():
-            for index, result in zip(indices, self._same_length([ids[i] for i in indices], **params), strict=True):
+            results = self._padded([ids[i] for i in indices], [items[i][1] for i in indices], **params)
+            for index, result in zip(indices, results, strict=True):
                 out[index] = result
         return out
 
@@ -216,23 +236,31 @@ class GenerationPredictor:
             finish = "eos"
         return {"text": text, "finish_reason": finish, "tokens": len(new)}
 
-    def _same_length(self, rows: list[list[int]], *, max_new_tokens: int = 64, min_new_tokens: int = 0,
-                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 50,
-                     repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None
-                     ) -> list[dict[str, Any]]:
+    def _padded(self, rows: list[list[int]], budgets: list[int], *, min_new_tokens: int = 0,
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 50,
+                repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None
+                ) -> list[dict[str, Any]]:
         import torch
         from transformers import StoppingCriteriaList
 
-        input_ids = torch.tensor(rows, device=self.device)
-        width = input_ids.shape[1]
-        kwargs = self._kwargs(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)
+        kwargs = self._kwargs(max_new_tokens=max(budgets), min_new_tokens=min_new_tokens, do_sample=do_sample,
                               temperature=temperature, top_p=top_p, top_k=top_k,
                               repetition_penalty=repetition_penalty)
+        criteria = StoppingCriteriaList()
         if stop:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOn(self.tokenizer, width, stop)])
+            criteria.append(_StopOn(self.tokenizer, width, stop))
+        if len(set(budgets)) > 1:
+            criteria.append(_RowBudgets(width, budgets))
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         with _sampling(do_sample), torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        return [self._finish(row.tolist(), max_new_tokens=max_new_tokens, stop=stop) for row in out[:, width:]]
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        return [self._finish(row.tolist()[:budget], max_new_tokens=budget, stop=stop)
+                for row, budget in zip(out[:, width:], budgets, strict=True)]
 
     def _one(
         self,
