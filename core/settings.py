@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
     )
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
+    continuous_batching: bool = Field(default=True, description=(
+        "/generate in one decode loop per model: requests join and leave the running batch at every step."))
+    max_generation_tokens: int = Field(default=16384, ge=1, description=(
+        "Tokens in flight per generation model (prompt + max_new_tokens of every running request, reserved at "
+        "admission); beyond it requests wait."))
     max_batch_wait_ms: float = Field(default=5.0, ge=0, description=(
         "How long a /summarize or /generate batch waits to fill up (/classify and /answer never wait)."))
     max_batch_tokens: int = Field(

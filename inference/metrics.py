@@ -27,3 +27,13 @@ GENERATION_TOKENS_CANCELLED = Counter(
     "New tokens produced by streaming generations before their client went away",
     ["model"],
 )
+GENERATION_TOKENS_RESERVED = Gauge(
+    "ftserve_generation_tokens_reserved",
+    "Tokens reserved by the generations running in a model's decode loop (prompt + max_new_tokens each)",
+    ["model"],
+)
+GENERATION_TOKENS_RESERVED_MAX = Gauge(
+    "ftserve_generation_tokens_reserved_max",
+    "High-water mark of ftserve_generation_tokens_reserved (bounded by FTSERVE_MAX_GENERATION_TOKENS)",
+    ["model"],
+)

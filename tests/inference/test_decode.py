@@ -1,0 +1,154 @@
+"""The continuous-batching decode loop (inference/decode.py) on a tiny GPT-2: rows of different lengths equal
+their unbatched `generate`, a seed's text ignores its batch-mates, a request joins a running batch and leaves it
+when done, a cancelled row frees its budget for a waiting request, and the budget is never exceeded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import RateLimited
+from core.hfcache import cache_repo_dir
+from inference.decode import DecodeLoop, Request
+from tests.tiny_gpt2 import TINY_GPT2
+from training.tasks.generation import GenerationPredictor
+
+SENTENCE = ("the king spoke to the queen of the north and then walked slowly along the old stone road toward "
+            "the river where the boats were waiting in the morning light")
+
+
+@pytest.fixture(scope="module")
+def predictor(hf_home: Path) -> GenerationPredictor:
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    return GenerationPredictor(snapshot)
+
+
+LOOPS: list[DecodeLoop] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_loops() -> Any:
+    yield
+    while LOOPS:  # no decode thread may outlive its test (torch at interpreter exit aborts the process)
+        LOOPS.pop().close()
+
+
+def make_loop(predictor: GenerationPredictor, **kw: Any) -> DecodeLoop:
+    opts = {"name": "tiny:1", "finish": predictor._finish, "max_tokens": 100_000, "max_queue": 64,
+            "context_error": predictor.context_error, **kw}
+    LOOPS.append(DecodeLoop(predictor.model, predictor.tokenizer, **opts))
+    return LOOPS[-1]
+
+
+def ids(predictor: GenerationPredictor, text: str) -> list[int]:
+    return list(predictor.tokenizer(text)["input_ids"])
+
+
+def prompts(count: int) -> list[str]:
+    words = SENTENCE.split()
+    return [" ".join(words[: 1 + 2 * i]) for i in range(count)]
+
+
+def wait_until(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_sixteen_prompts_of_different_lengths_equal_unbatched_generate(predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    texts = prompts(16)
+    budgets = [4 + 5 * (i % 7) for i in range(16)]
+    assert len({len(ids(predictor, t)) for t in texts}) == 16
+    futures = [loop.submit(Request(ids(predictor, t), n)) for t, n in zip(texts, budgets, strict=True)]
+    results = [f.result(120) for f in futures]
+    reference = [predictor._one(t, max_new_tokens=n) for t, n in zip(texts, budgets, strict=True)]
+    assert results == reference
+    assert loop.reserved == 0 and loop.high_water == sum(len(ids(predictor, t)) + n
+                                                         for t, n in zip(texts, budgets, strict=True))
+
+
+def test_stop_strings_and_min_new_tokens_as_unbatched(predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    texts = prompts(6)
+    futures = [loop.submit(Request(ids(predictor, t), 20, min_new_tokens=3, stop=["e"])) for t in texts]
+    assert [f.result(60) for f in futures] == [predictor._one(t, max_new_tokens=20, min_new_tokens=3, stop=["e"])
+                                               for t in texts]
+
+
+def test_a_seeded_sample_does_not_depend_on_its_batch_mates(predictor: GenerationPredictor) -> None:
+    def sample(prompt: str) -> Request:
+        return Request(ids(predictor, prompt), 12, do_sample=True, seed=11, temperature=1.3, top_k=40, top_p=0.9)
+
+    texts = prompts(5)
+    alone = make_loop(predictor).submit(sample(texts[3])).result(60)
+    loop = make_loop(predictor)
+    futures = [loop.submit(sample(t) if i == 3 else Request(ids(predictor, t), 12 + i, do_sample=True))
+               for i, t in enumerate(texts)]
+    assert futures[3].result(60) == alone
+
+
+def test_a_request_joins_a_running_generation_and_finishes_first(predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    chunks: list[str] = []
+    long = loop.submit(Request(ids(predictor, "the king"), 200, min_new_tokens=200, on_text=chunks.append))
+    wait_until("the long generation has started", lambda: len(chunks) >= 3)
+    short = loop.submit(Request(ids(predictor, "the queen of the north"), 4))
+    assert short.result(60)["tokens"] == 4
+    assert not long.done()  # the short one was admitted into the running batch and left it when done
+    assert long.result(120)["tokens"] == 200
+    # A stream's chunks are its text as it grows (the last token's text comes with the result).
+    assert long.result()["text"].startswith("".join(chunks)) and len(chunks) >= 150
+
+
+def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: GenerationPredictor) -> None:
+    first_ids = ids(predictor, "the king")
+    budget = len(first_ids) + 150
+    loop = make_loop(predictor, max_tokens=budget)  # room for one of these at a time
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold(_: str) -> None:  # the loop stops at the first row's first token until the test goes on
+        started.set()
+        go_on.wait(60)
+
+    first = Request(first_ids, 150, min_new_tokens=150, on_text=hold)
+    loop.submit(first)
+    assert started.wait(60)
+    second = loop.submit(Request(first_ids, 150, min_new_tokens=150))
+    assert loop.waiting == 1 and loop.reserved == budget  # over the budget: it waits
+    first.cancel.set()
+    go_on.set()
+    assert first.future.result(60)["finish_reason"] == "cancelled"
+    assert second.result(120)["tokens"] == 150  # the freed slot went to the waiting request
+    assert loop.high_water == budget and loop.reserved == 0
+
+
+def test_a_full_wait_queue_is_a_429(predictor: GenerationPredictor) -> None:
+    first_ids = ids(predictor, "the king")
+    loop = make_loop(predictor, max_tokens=len(first_ids) + 100, max_queue=1)
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold(_: str) -> None:
+        started.set()
+        go_on.wait(60)
+
+    running = Request(first_ids, 100, min_new_tokens=100, on_text=hold)
+    loop.submit(running)
+    assert started.wait(60)
+    loop.submit(Request(first_ids, 100))  # waits
+    with pytest.raises(RateLimited):
+        loop.submit(Request(first_ids, 100))
+    running.cancel.set()
+    go_on.set()
+
+
+def test_a_prompt_past_the_context_is_refused_at_submit(predictor: GenerationPredictor) -> None:
+    from core.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="context"):
+        make_loop(predictor).submit(Request(ids(predictor, "the king"), 1000))
