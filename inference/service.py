@@ -16,6 +16,7 @@ from core.cpus import size_torch_threads
 from core.settings import Settings
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
+from inference.continuous import ContinuousGeneration
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from inference.streaming import StreamGate, Ticket, TokenSink, run_stream
 from registry import stamp, versions
@@ -96,6 +97,7 @@ class InferenceService:
         self._stamp: stamp.Stamp = None
         self._batchers: dict[tuple[str, str, str], Batcher] = {}
         self._streams: dict[str, StreamGate] = {}
+        self.continuous = ContinuousGeneration(self.cache, settings)
 
     def warm_up(self) -> None:
         """Import the ML stack and load `settings.warm_models`, so first requests do not pay for either."""
@@ -159,6 +161,9 @@ class InferenceService:
         when the queue is full, ValidationFailed for a prompt past the model's context. Returns the stream of
         {"text"} chunks and the final {"done"}; see inference/streaming.py."""
         timeout = self.settings.request_timeout_seconds
+        if self.settings.continuous_batching:
+            return await self.continuous.open_stream(resolved.ref, resolved.task, resolved.path, prompt,
+                                                     timeout=timeout, **params)
         await anyio.to_thread.run_sync(lambda: self._call(resolved, "check_prompts", [prompt],
                                                           max_new_tokens=params.get("max_new_tokens", 64)))
         gate = self._streams.get(resolved.ref)
@@ -213,6 +218,10 @@ class InferenceService:
                   **params: Any) -> list[Any]:
         """Run `items` through the batcher of `resolved` (resolved once, before: an alias moved later does not
         affect this request); one result per item."""
+        if method == "generate" and self.settings.continuous_batching:
+            return await self.continuous.generate(
+                resolved.ref, resolved.task, resolved.path, items, is_disconnected=is_disconnected,
+                timeout=timeout or self.settings.request_timeout_seconds, **params)
         if method == "generate":
             # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
             params = dict(params)

@@ -129,7 +129,7 @@ async def run_stream(ticket: Ticket, generate: Callable[[TokenSink], None], *, s
                 raise ClientLeft("the client closed the connection before its stream started")
             work = loop.run_in_executor(gate.executor, guarded)
             try:
-                async for item in _chunks(sink, stops or []):
+                async for item in stream_chunks(sink, stops or []):
                     yield item
             finally:
                 sink.cancel.set()  # a no-op after a finished generation; stops one whose reader went away
@@ -140,7 +140,9 @@ async def run_stream(ticket: Ticket, generate: Callable[[TokenSink], None], *, s
         ticket.close()
 
 
-async def _chunks(sink: TokenSink, stops: list[str]) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(sink: TokenSink, stops: list[str]) -> AsyncIterator[dict[str, Any]]:
+    """The sink's text as {"text"} chunks, holding back what could still become a stop sequence, then
+    {"done": result}; a failure is raised."""
     hold = max((len(s) for s in stops), default=1) - 1
     text, sent = "", 0
     while True:

@@ -26,6 +26,8 @@ SERVING_ENV = {
     "FTSERVE_MAX_QUEUE_ITEMS": "48",
     "FTSERVE_MODEL_CACHE_SIZE": "2",
     "FTSERVE_REQUEST_TIMEOUT_SECONDS": "30",
+    # Two 240-token generations at once: more wait in the decode loop's queue.
+    "FTSERVE_MAX_GENERATION_TOKENS": "600",
 }
 
 
@@ -192,8 +194,8 @@ def test_new_version_serves_at_once_and_an_alias_moves_under_load(serving: Stack
 
 
 def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_goes_on(serving: Stack) -> None:
-    # Seeded sampling runs prompt by prompt: 16 × 200 tokens keep the model busy for seconds.
-    long_body = {"model": "talker", "inputs": ["ROMEO:"] * 16, "max_new_tokens": 200, "min_new_tokens": 200,
+    # 16 × 240 tokens are over the generation token budget: the rows past it wait, and requests after them too.
+    long_body = {"model": "talker", "inputs": ["ROMEO:"] * 16, "max_new_tokens": 240, "min_new_tokens": 240,
                  "do_sample": True, "seed": 7}
     short_body = {"model": "talker", "prompt": "JULIET:", "max_new_tokens": 4, "min_new_tokens": 4}
     dropped0 = serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left")
@@ -204,7 +206,7 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
         waiting = pool.submit(serving.client.post, "/generate", json=short_body,
                               headers={"X-Request-Timeout": "1"})
         time.sleep(0.3)
-        # A client that gives up while its request is still queued behind the busy model.
+        # A client that gives up while its request is still queued behind the full budget.
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{serving.base_url}/generate", json=short_body, timeout=0.5)
         r = waiting.result()
@@ -251,16 +253,19 @@ def test_summarize_and_generate_requests_are_batched_and_a_stream_does_not_hold_
                                       ).json()["summaries"][0] for d in documents]
     assert [r.json()["summaries"][0] for r in responses] == one_by_one
 
-    # Prompts of different token lengths share a `generate` call; each text equals its unbatched reference.
+    # Prompts of different token lengths share decoding steps; each text equals its unbatched reference.
     talker = serving.data_dir / "models" / "talker" / "1"
     tok = AutoTokenizer.from_pretrained(talker)
     names = ["ROMEO", "JULIET", "HAMLET", "KING", "QUEEN", "LEAR", "DUKE", "CLOWN", "NURSE", "FRIAR", "PAGE"]
     prompts = [f"{name}: " + "and then " * i for i, name in enumerate(names)]
     assert len({len(tok(p)["input_ids"]) for p in prompts}) >= 6
-    before = serving.metric("ftserve_batch_size_count", model="talker:1")
+    steps0 = serving.metric("ftserve_batch_size_count", model="talker:1")
+    rows0 = serving.metric("ftserve_batch_size_sum", model="talker:1")
     body = {"model": "talker", "max_new_tokens": 12, "min_new_tokens": 12}
     responses = post_many(serving, "/generate", [{**body, "prompt": p} for p in prompts])
-    assert serving.metric("ftserve_batch_size_count", model="talker:1") - before < len(prompts)
+    steps = serving.metric("ftserve_batch_size_count", model="talker:1") - steps0
+    rows = serving.metric("ftserve_batch_size_sum", model="talker:1") - rows0
+    assert rows / steps > 2, (rows, steps)  # decoding steps ran several requests' rows at once
     for prompt, r in zip(prompts, responses, strict=True):
         alone = serving.client.post("/generate", json={**body, "prompt": prompt}).json()["generations"][0]
         assert r.json()["generations"][0] == alone, prompt

@@ -36,7 +36,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, hf_home: Path, redis_url: st
         env={"FTSERVE_DATABASE_URL": url, "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"tenancy_{free_port()}",
              "FTSERVE_API_KEYS": ",".join(f"{n}:{k}" for n, k in KEYS.items()), "FTSERVE_ADMIN_KEYS": "root",
              "FTSERVE_MAX_STREAMS_PER_KEY": str(STREAMS_PER_KEY), "FTSERVE_MAX_STREAMS_PER_MODEL": "1",
-             "FTSERVE_MAX_QUEUE_ITEMS": str(QUEUE), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"},
+             "FTSERVE_MAX_QUEUE_ITEMS": str(QUEUE), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+             # One 240-token generation at a time in the decode loop: the next ones wait in its queue.
+             "FTSERVE_MAX_GENERATION_TOKENS": "300"},
     ) as s:
         s.metrics_headers = auth("root")
         yield s
@@ -180,7 +182,7 @@ def test_streams_are_bounded(stack: Stack, trained: dict[str, str], shared_data:
         assert statuses == [200] * (QUEUE + 1) + [429], statuses
         assert stack.metric("ftserve_requests_rejected_total", model="alice-gen:1", reason="queue_full") \
             == rejected0 + 1
-        # One stream thread for the model; nothing per waiting stream (a thread each, two before).
+        # One decode thread for the model; nothing per waiting stream (a thread each, two before).
         assert threads_of(api_pid) - before <= 4, (before, threads_of(api_pid))
         t0 = time.perf_counter()
         assert get(stack, "alice", "/jobs").status_code == 200
