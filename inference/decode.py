@@ -1,8 +1,9 @@
 """Continuous batching for causal-LM generation: one decode loop per loaded model, scheduled per decoding step.
 
-A request is prefilled alone (its prompt's forward pass gives its first token and its KV cache) and joins the
-running batch at the next step: the batch's caches are left-padded to a common length, with an attention mask
-and positions counted per row from its own first token, so each row computes what it would alone. Every step
+A request is prefilled (its prompt's forward pass, shared with the requests admitted at the same step, gives
+its first token and its KV cache) and joins the running batch at the next step: the batch's caches are
+left-padded to a common length, with an attention mask and positions counted per row from its own first token,
+so each row computes what it would alone. Every step
 runs one forward pass over all rows and picks each row's next token with that row's own settings (greedy, or
 sampling with the row's own seeded generator, so a seed's text depends on nothing else). A row leaves at once
 when it ends (EOS after `min_new_tokens`, a stop string, `max_new_tokens`, or its caller gone) and frees its
@@ -28,6 +29,7 @@ from inference import metrics
 
 log = logging.getLogger("ftserve.inference")
 IDLE_SECONDS = 30.0  # an idle loop's thread ends; the next request starts a new one
+PREFILL_BATCH = 16  # requests admitted together are prefilled in forward passes of at most this many prompts
 
 
 @dataclass(eq=False)
@@ -133,8 +135,8 @@ class DecodeLoop:
                 admitted = self._admissible()
             try:
                 with torch.inference_mode():
-                    for request in admitted:
-                        self._prefill(request)
+                    for first in range(0, len(admitted), PREFILL_BATCH):
+                        self._prefill(admitted[first:first + PREFILL_BATCH])
                     if self._rows:
                         self._step()
             except Exception as exc:  # a failed forward fails the rows it held; the loop goes on
@@ -164,31 +166,38 @@ class DecodeLoop:
             out.append(head)
         return out
 
-    def _prefill(self, request: Request) -> None:
+    def _prefill(self, requests: list[Request]) -> None:
+        """The prompts' forward pass, together (left-padded, positions per row), giving each its first token
+        and its cache; the rows that go on join the batch."""
         import torch
 
-        if request.seed is not None and request.do_sample:
-            request.generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        ids = torch.tensor([request.prompt], device=self.device)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        for request in requests:
+            if request.seed is not None and request.do_sample:
+                request.generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        width = max(len(r.prompt) for r in requests)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos or 0)
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in requests], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests],
+                            dtype=torch.long, device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         layers = _cache_of(out).layers
-        if self._try_finish(request, self._pick(request, out.logits[0, -1])):
+        logits = out.logits[:, -1]
+        keep = [i for i, r in enumerate(requests) if not self._try_finish(r, self._pick(r, logits[i]))]
+        if not keep:
             return
-        width = len(request.prompt)
-        if not self._rows:
-            self._keys = [layer.keys for layer in layers]
-            self._values = [layer.values for layer in layers]
-            self._mask = torch.ones((1, width), dtype=torch.long, device=self.device)
-        else:
-            have = self._mask.shape[1]
-            span = max(have, width)
-            self._keys = [torch.cat([_left_pad(k, span), _left_pad(layer.keys, span)])
-                          for k, layer in zip(self._keys, layers, strict=True)]
-            self._values = [torch.cat([_left_pad(v, span), _left_pad(layer.values, span)])
-                            for v, layer in zip(self._values, layers, strict=True)]
-            mask = torch.ones((1, width), dtype=torch.long, device=self.device)
-            self._mask = torch.cat([_left_pad(self._mask, span, dim=1), _left_pad(mask, span, dim=1)])
-        self._rows.append(request)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        keys = [layer.keys.index_select(0, index) for layer in layers]
+        values = [layer.values.index_select(0, index) for layer in layers]
+        mask = mask.index_select(0, index)
+        if self._rows:
+            span = max(self._mask.shape[1], width)
+            keys = [torch.cat([_left_pad(a, span), _left_pad(b, span)]) for a, b in zip(self._keys, keys, strict=True)]
+            values = [torch.cat([_left_pad(a, span), _left_pad(b, span)])
+                      for a, b in zip(self._values, values, strict=True)]
+            mask = torch.cat([_left_pad(self._mask, span, dim=1), _left_pad(mask, span, dim=1)])
+        self._keys, self._values, self._mask = keys, values, mask
+        self._rows.extend(requests[i] for i in keep)
 
     def _step(self) -> None:
         import torch
