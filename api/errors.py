@@ -63,14 +63,14 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def allowed_methods(request: Request) -> str | None:
-    """Every method the request's path has (HEAD with GET), read from the OpenAPI document's path templates:
+    """Every method the request's path has, read from the OpenAPI document's path templates:
     Starlette's own `Allow` names only the first route of the path that matched, and a path has one per method."""
     table = getattr(request.app.state, "allowed_methods", None)
     if table is None:
         table = []
         for template, operations in request.app.openapi()["paths"].items():
             pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$")
-            methods = {m.upper() for m in operations} | ({"HEAD"} if "get" in operations else set())
+            methods = {m.upper() for m in operations}  # FastAPI's GET routes do not answer HEAD
             table.append((pattern, ", ".join(sorted(methods))))
         request.app.state.allowed_methods = table
     path = request.scope.get("path", "")

@@ -87,14 +87,17 @@ _LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str], dic
 
 
 def _errors_are_json(doc: dict[str, Any]) -> None:
-    """Every error answer is the JSON error shape, also on routes whose success is text or a download (FastAPI
-    gives an extra response the route's own media type)."""
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    """Every error answer is JSON, also on routes whose success is text or a download (FastAPI gives an extra
+    response the route's own media type): the error shape, or the model a route names for it (/readyz's 503)."""
+    ref = "#/components/schemas/Error"
     for operations in doc["paths"].values():
         for operation in operations.values():
             for status, response in operation.get("responses", {}).items():
-                if status.isdigit() and int(status) >= 400 and "$ref" not in response:
-                    response["content"] = error
+                if not (status.isdigit() and int(status) >= 400) or "$ref" in response:
+                    continue
+                schemas = [c.get("schema", {}) for c in response.get("content", {}).values()]
+                named = next((s["$ref"] for s in schemas if s.get("$ref")), ref)
+                response["content"] = {"application/json": {"schema": {"$ref": named}}}
 
 
 def _bodies_by_ref(doc: dict[str, Any]) -> None:

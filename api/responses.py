@@ -39,7 +39,6 @@ class Error(_Out):
 
 
 _WHAT = {
-    400: "The request is malformed (e.g. a multipart body without its boundary).",
     401: "A key is needed (FTSERVE_API_KEYS is set) and was missing or wrong.",
     403: "Not allowed: another owner's shared model, an admin-only route, or (auth off) a non-loopback Host or a "
          "cross-site write.",
@@ -47,7 +46,6 @@ _WHAT = {
     405: "The path exists but not with this method; `Allow` lists the ones it has.",
     409: "In conflict with the current state (it says what is in the way).",
     413: "The body is over its size limit.",
-    415: "The body's media type is not one this route reads.",
     422: "A field is missing, unknown, out of range or inconsistent; the message names it.",
     429: "A queue or a per-owner limit is full; retry after `Retry-After` seconds.",
     503: "Not ready: the model's files cannot be loaded, or a dependency is down.",
@@ -70,8 +68,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every route: a key may be needed, and with auth off a request may be refused; any path answers 405 to a
-# method it does not have.
-COMMON = errors(401, 403, 405)
+# method it does not have, and any body over its cap is a 413 (api/limits.py).
+COMMON = errors(401, 403, 405, 413)
 # A route with parameters or a body.
 VALIDATED = errors(422)
 

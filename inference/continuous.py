@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -37,15 +38,15 @@ def decode_loop(predictor: Any, ref: str, settings: Settings) -> DecodeLoop:
             loop = predictor.decode_loop = DecodeLoop(
                 predictor.model, predictor.tokenizer, name=ref, finish=predictor._finish,
                 max_tokens=settings.max_generation_tokens, max_queue=settings.max_queue_items,
-                device=predictor.device, context_error=predictor.context_error)
+                max_rows=settings.max_batch_size, device=predictor.device, context_error=predictor.context_error)
         return loop
 
 
-def _requests(predictor: Any, prompts: list[str], params: dict[str, Any],
+def _requests(predictor: Any, prompts: list[str], params: dict[str, Any], *, deadline: float,
               on_text: Callable[[str], None] | None = None) -> list[Request]:
     options = {k: params[k] for k in FIELDS if k in params}
     return [Request(list(predictor.tokenizer(p)["input_ids"]), int(params.get("max_new_tokens", 64)),
-                    on_text=on_text, **options) for p in prompts]
+                    on_text=on_text, deadline=deadline, **options) for p in prompts]
 
 
 class ContinuousGeneration:
@@ -57,15 +58,18 @@ class ContinuousGeneration:
 
     async def generate(self, ref: str, task: str, path: str, prompts: list[str], *, timeout: float,
                        is_disconnected: Callable[[], Awaitable[bool]] | None, **params: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout  # one deadline for loading, waiting and generating
         predictor = await self._pinned(ref, task, path, timeout)
         try:
             loop = decode_loop(predictor, ref, self.settings)
-            requests = await anyio.to_thread.run_sync(_requests, predictor, prompts, params)
+            requests = await anyio.to_thread.run_sync(
+                lambda: _requests(predictor, prompts, params, deadline=deadline))
             futures: list[Future[dict[str, Any]]] = []
             try:
                 for request in requests:
                     futures.append(loop.submit(request))  # a prompt past the context or a full queue: refused
-                return await _wait(futures, timeout=timeout, is_disconnected=is_disconnected, model=ref)
+                return await _wait(futures, timeout=max(0.0, deadline - time.monotonic()),
+                                   is_disconnected=is_disconnected, model=ref)
             finally:
                 for request in requests:
                     request.cancel.set()  # a no-op for a finished row; a row still running leaves the batch
@@ -74,11 +78,14 @@ class ContinuousGeneration:
 
     async def open_stream(self, ref: str, task: str, path: str, prompt: str, *, timeout: float,
                           **params: Any) -> AsyncIterator[dict[str, Any]]:
-        """Admitted (or refused: 422 past the context, 429 when the queue is full) before this returns."""
+        """Queued (or refused: 422 past the context, 429 when the queue is full) before this returns. A stream not
+        admitted to the batch within `timeout` ends with a `timeout` error event."""
+        deadline = time.monotonic() + timeout
         predictor = await self._pinned(ref, task, path, timeout)
         try:
             sink = TokenSink(asyncio.get_running_loop())
-            (request,) = await anyio.to_thread.run_sync(lambda: _requests(predictor, [prompt], params, sink.text))
+            (request,) = await anyio.to_thread.run_sync(
+                lambda: _requests(predictor, [prompt], params, deadline=deadline, on_text=sink.text))
             request.cancel = sink.cancel
             future = decode_loop(predictor, ref, self.settings).submit(request)
         except BaseException:
@@ -100,7 +107,7 @@ class ContinuousGeneration:
                 sink.finish(result)
 
         future.add_done_callback(done)
-        return _stream(sink, stops=params.get("stop"), release=lambda: self.cache.release(ref))
+        return LoopStream(sink, stops=params.get("stop"), release=lambda: self.cache.release(ref))
 
 
 async def _wait(futures: list[Future[dict[str, Any]]], *, timeout: float,
@@ -124,11 +131,33 @@ async def _wait(futures: list[Future[dict[str, Any]]], *, timeout: float,
             raise ClientLeft("the client closed the connection before its generation ended")
 
 
-async def _stream(sink: TokenSink, *, stops: list[str] | None, release: Callable[[], None]
-                  ) -> AsyncIterator[dict[str, Any]]:
-    try:
-        async for item in stream_chunks(sink, stops or []):
-            yield item
-    finally:
-        sink.cancel.set()  # the reader went away (or the stream ended): the row leaves at its next token
-        release()
+class LoopStream:
+    """A streamed generation's chunks. However it ends — read to its end, closed early, or closed before it was
+    ever read (a client gone before the response started) — its row is cancelled and its model released, once."""
+
+    def __init__(self, sink: TokenSink, *, stops: list[str] | None, release: Callable[[], None]) -> None:
+        self._sink, self._release = sink, release
+        self._chunks = stream_chunks(sink, stops or [])
+        self._closed = False
+
+    def __aiter__(self) -> LoopStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:  # the end (StopAsyncIteration), an error, or the reader cancelled
+            self._close()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._sink.cancel.set()  # a no-op for a finished row; a running one leaves the batch at its next token
+        if not self._closed:
+            self._closed = True
+            self._release()

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import RateLimited
+from core.errors import DeadlineExceeded, RateLimited, ValidationFailed
 from inference import metrics
 
 log = logging.getLogger("ftserve.inference")
@@ -54,7 +54,7 @@ class Request:
     sent: int = 0  # characters of the decoded text handed to on_text
     generator: Any = None
     holding: bool = False  # its tokens are reserved in the loop's budget
-    enqueued: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # monotonic: not admitted by then, it fails with DeadlineExceeded
 
     @property
     def reserved(self) -> int:
@@ -66,12 +66,16 @@ class DecodeLoop:
     row's tokens into its result ({"text", "finish_reason", "tokens"}), as the unbatched path reports it."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, finish: Callable[..., dict[str, Any]],
-                 max_tokens: int, max_queue: int, device: str = "cpu",
+                 max_tokens: int, max_queue: int, max_rows: int = 64, device: str = "cpu",
                  context_error: Callable[[int, int], Exception | None] = lambda _p, _n: None) -> None:
         self.model, self.tokenizer, self.name, self.finish = model, tokenizer, name, finish
         self.context_error = context_error  # a prompt past the model's context is refused at submit
-        self.max_tokens, self.max_queue, self.device = max_tokens, max_queue, device
-        self.eos = tokenizer.eos_token_id
+        self.max_tokens, self.max_queue, self.max_rows, self.device = max_tokens, max_queue, max_rows, device
+        # The ids that end a text: the model's generation config may name several (as `generate` reads them).
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = frozenset(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
         self._cond = threading.Condition()
         self._pending: deque[Request] = deque()
         self._thread: threading.Thread | None = None
@@ -100,12 +104,16 @@ class DecodeLoop:
             thread.join(timeout)
 
     def submit(self, request: Request) -> Future[dict[str, Any]]:
+        if not request.prompt:
+            raise ValidationFailed("the prompt is empty (no tokens): give some text to continue")
         error = self.context_error(len(request.prompt), request.max_new_tokens)
         if error is not None:
             raise error
         with self._cond:
             if self._closed:
                 raise CancelledRequest()
+            if len(self._pending) >= self.max_queue:
+                self._purge()  # requests given up while they waited do not hold places
             if len(self._pending) >= self.max_queue:
                 metrics.REJECTED.labels(model=self.name, reason="queue_full").inc()
                 raise RateLimited(f"model {self.name} has {len(self._pending)} generations waiting (limit "
@@ -117,8 +125,33 @@ class DecodeLoop:
             self._cond.notify()
         return request.future
 
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for request in [r for r in self._pending if r.cancel.is_set() or (r.deadline or now + 1) < now]:
+            self._pending.remove(request)
+            _fail(request.future, CancelledRequest() if request.cancel.is_set() else self._late(request))
+
+    def _late(self, request: Request) -> DeadlineExceeded:
+        metrics.DROPPED.labels(model=self.name, reason="deadline").inc()
+        return DeadlineExceeded(f"model {self.name} did not start this generation in time; the server is busy, "
+                                "retry later")
+
     # -- the loop -------------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the thread must not leave a caller waiting forever
+            log.exception("the decode loop of %s stopped", self.name)
+            with self._cond:
+                left = [*self._rows, *self._pending]
+                self._pending.clear()
+                self._thread = None
+            for request in left:
+                self._end(request, error=RuntimeError(f"the decode loop stopped: {type(exc).__name__}"))
+            self._rows, self._keys, self._values, self._mask = [], [], [], None
+            raise
+
+    def _loop(self) -> None:
         import torch
 
         while True:
@@ -127,35 +160,46 @@ class DecodeLoop:
                     self._cond.wait(IDLE_SECONDS)
                 if self._closed or (not self._rows and not self._pending):
                     for request in self._pending:
-                        request.future.set_exception(CancelledRequest())
+                        _fail(request.future, CancelledRequest())
                     self._pending.clear()
                     if not self._closed or not self._rows:
                         self._thread = None
                         return
                 admitted = self._admissible()
-            try:
-                with torch.inference_mode():
-                    for first in range(0, len(admitted), PREFILL_BATCH):
-                        self._prefill(admitted[first:first + PREFILL_BATCH])
-                    if self._rows:
-                        self._step()
-            except Exception as exc:  # a failed forward fails the rows it held; the loop goes on
-                log.exception("decode step of %s failed", self.name)
-                metrics.BATCH_FAILURES.labels(model=self.name).inc()
-                for request in [*self._rows, *(r for r in admitted if r not in self._rows)]:
-                    self._end(request, error=exc)
-                self._rows, self._keys, self._values, self._mask = [], [], [], None
+            with torch.inference_mode():
+                for first in range(0, len(admitted), PREFILL_BATCH):
+                    chunk = admitted[first:first + PREFILL_BATCH]
+                    try:
+                        self._prefill(chunk)
+                    except Exception as exc:  # fails these prompts only; the running rows go on
+                        log.exception("prefill of %d prompts for %s failed", len(chunk), self.name)
+                        metrics.BATCH_FAILURES.labels(model=self.name).inc()
+                        for request in chunk:
+                            if request not in self._rows:
+                                self._end(request, error=exc)
+                if not self._rows:
+                    continue
+                try:
+                    self._step()
+                except Exception as exc:  # the shared forward failed: every row it held fails; the loop goes on
+                    log.exception("decode step of %s failed", self.name)
+                    metrics.BATCH_FAILURES.labels(model=self.name).inc()
+                    for request in self._rows:
+                        self._end(request, error=exc)
+                    self._rows, self._keys, self._values, self._mask = [], [], [], None
 
     def _admissible(self) -> list[Request]:
         """Waiting requests that fit the token budget, in arrival order (one alone always fits an idle loop)."""
         out: list[Request] = []
+        now = time.monotonic()
         while self._pending:
             head = self._pending[0]
-            if head.cancel.is_set():
+            if head.cancel.is_set() or (head.deadline is not None and head.deadline < now):
                 self._pending.popleft()
-                head.future.set_exception(CancelledRequest())
+                _fail(head.future, CancelledRequest() if head.cancel.is_set() else self._late(head))
                 continue
-            if self.reserved + head.reserved > self.max_tokens and (self._rows or out):
+            if (self.reserved + head.reserved > self.max_tokens or len(self._rows) + len(out) >= self.max_rows) \
+                    and (self._rows or out):
                 break
             self._pending.popleft()
             self.reserved += head.reserved
@@ -175,7 +219,7 @@ class DecodeLoop:
             if request.seed is not None and request.do_sample:
                 request.generator = torch.Generator(device=self.device).manual_seed(request.seed)
         width = max(len(r.prompt) for r in requests)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos or 0)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in requests], device=self.device)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests],
                             dtype=torch.long, device=self.device)
@@ -183,7 +227,7 @@ class DecodeLoop:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         layers = _cache_of(out).layers
         logits = out.logits[:, -1]
-        keep = [i for i, r in enumerate(requests) if not self._try_finish(r, self._pick(r, logits[i]))]
+        keep = [i for i, r in enumerate(requests) if not self._advance(r, logits[i])]
         if not keep:
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
@@ -215,7 +259,7 @@ class DecodeLoop:
         self._mask = mask
         metrics.BATCH_SIZE.labels(model=self.name).observe(len(rows))
         logits = out.logits[:, -1]
-        keep = [i for i, request in enumerate(rows) if not self._try_finish(request, self._pick(request, logits[i]))]
+        keep = [i for i, request in enumerate(rows) if not self._advance(request, logits[i])]
         if len(keep) < len(rows):
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
             self._rows = [rows[i] for i in keep]
@@ -230,6 +274,15 @@ class DecodeLoop:
                     self._mask = self._mask[:, first:]
 
     # -- one row --------------------------------------------------------------------------------------------------
+    def _advance(self, request: Request, logits: Any) -> bool:
+        """Pick and append the row's next token; True when the row ended (done, cancelled, or failed alone)."""
+        try:
+            return self._try_finish(request, self._pick(request, logits))
+        except Exception as exc:  # e.g. sampling from NaN scores: this row fails, its batch-mates go on
+            log.exception("generation of one row on %s failed", self.name)
+            self._end(request, error=exc)
+            return True
+
     def _pick(self, request: Request, logits: Any) -> int:
         """The row's next token from its logits, with its own settings (as `generate` would, one row)."""
         import torch
@@ -240,8 +293,9 @@ class DecodeLoop:
             picked = torch.gather(scores, 1, seen)
             picked = torch.where(picked < 0, picked * request.repetition_penalty, picked / request.repetition_penalty)
             scores = scores.scatter(1, seen, picked)
-        if len(request.new) < request.min_new_tokens and self.eos is not None:
-            scores[:, self.eos] = -float("inf")
+        if len(request.new) < request.min_new_tokens:
+            for eos in self.eos_ids:
+                scores[:, eos] = -float("inf")
         if not request.do_sample:
             return int(scores.argmax(dim=-1))
         from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -265,7 +319,7 @@ class DecodeLoop:
         if request.cancel.is_set():
             self._end(request, reason="cancelled")
             return True
-        done = (token == self.eos and len(request.new) >= max(1, request.min_new_tokens)) \
+        done = (token in self.eos_ids and len(request.new) >= max(1, request.min_new_tokens)) \
             or len(request.new) >= request.max_new_tokens \
             or (text is not None and bool(request.stop) and any(s in text for s in request.stop or []))
         if done:
@@ -288,12 +342,22 @@ class DecodeLoop:
         if request.future.done():
             return
         if error is not None:
-            request.future.set_exception(error)
+            _fail(request.future, error)
             return
-        result = self.finish(request.new, max_new_tokens=request.max_new_tokens, stop=request.stop)
+        try:
+            result = self.finish(request.new, max_new_tokens=request.max_new_tokens, stop=request.stop)
+        except Exception as exc:
+            _fail(request.future, exc)
+            return
         if reason == "cancelled":
             result["finish_reason"] = "cancelled"
-        request.future.set_result(result)
+        if not request.future.done():
+            request.future.set_result(result)
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class CancelledRequest(Exception):

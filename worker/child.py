@@ -471,10 +471,23 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(f"worker {parent_pid} is gone; not starting")
 
 
+def _follow_offline_setting() -> None:
+    """A standby imported the Hugging Face libraries before `configure_environment` ran for its job; if that went
+    offline (the hub became unreachable), their import-time copies of HF_HUB_OFFLINE follow now, as a process
+    that imports them after it would."""
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, "HF_HUB_OFFLINE"):
+            loaded.HF_HUB_OFFLINE = True
+
+
 def main(argv: list[str]) -> int:
     die_with_parent(int(argv[2]))
     setup_logging()
     settings = configure_environment(get_settings())
+    _follow_offline_setting()
     size_torch_threads(settings.torch_threads)
     fence = Fence(job_id=argv[0], worker_id=argv[1], attempt=int(argv[3]))
     # An empty working directory of its own, inside the data dir: `from_pretrained("org/name")` and

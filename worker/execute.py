@@ -88,7 +88,10 @@ def _start_child(argv: list[str], *, out: Any, log_path: Path, warm: bool) -> su
         proc = subprocess.Popen([sys.executable, "-m", "worker.child", *argv], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=os.environ.copy())
     if warm:
-        _standby = _spawn_standby()
+        try:
+            _standby = _spawn_standby()
+        except OSError:  # no memory or processes to spare: this job runs, the next one starts cold
+            log.exception("could not start the next standby training process")
     return proc
 
 

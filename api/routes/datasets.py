@@ -42,7 +42,7 @@ def get_dataset(session: Any, dataset_id: str, viewer: Viewer) -> Dataset:
 
 
 @router.post("", status_code=201, openapi_extra=UPLOAD_BODY, response_model=DatasetOut,
-             responses={**VALIDATED, **errors(400, 413, 415)})
+             responses={**VALIDATED})
 async def upload_dataset(
     request: Request,
     session: SessionDep,
@@ -80,7 +80,7 @@ def list_datasets(
     return page([dataset_out(d) for d in rows], more)
 
 
-@router.get("/{dataset_id}", response_model=DatasetDetail, responses={**VALIDATED, **errors(404)})
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses={**VALIDATED, **errors(404, 409)})
 def get_dataset_route(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep, store: StoreDep,
                       viewer: ViewerDep) -> dict[str, Any]:
     ds = get_dataset(session, dataset_id, viewer)

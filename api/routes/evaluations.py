@@ -45,7 +45,7 @@ def _version(session: Session, name: str, version: int, viewer: Viewer) -> Model
 
 
 @router.post("/{name}/versions/{version}/evaluations", status_code=202, response_model=Evaluation,
-             responses={**VALIDATED, **errors(404, 429)})
+             responses={**VALIDATED, **errors(404, 409, 429)})
 def create_evaluation(name: Name, version: Version, body: EvaluationBody, session: SessionDep, store: StoreDep,
                       viewer: ViewerDep) -> dict[str, Any]:
     """Queue an evaluation of `name:version` on `dataset`; its metrics are the task's, computed as in training."""

@@ -170,7 +170,7 @@ def _import_from_hub(session: Any, viewer: Viewer, name: str, body: Any) -> dict
 @router.post("/{name}/versions", status_code=201, openapi_extra=IMPORT_BODY, response_model=VersionOut,
              responses={202: {"model": JobOut, "description": "A Hub import (JSON body `{\"hub\": …}`) is queued as a "
                                                               "job of kind `import`; poll it at /jobs/{id}."},
-                        **VALIDATED, **errors(400, 404, 409, 413, 415, 429)})
+                        **VALIDATED, **errors(404, 409, 429)})
 async def import_version(name: Name, request: Request, session: SessionDep, settings: SettingsDep,
                          store: StoreDep, viewer: ViewerDep) -> Any:
     """Multipart `file` (an archive of a save_pretrained folder) and optional `task` → 201 with the version,

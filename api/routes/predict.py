@@ -77,7 +77,7 @@ def _record(endpoint: str, model: str, status: int, t0: float) -> None:
     metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
+@router.post("/classify", response_model=ClassifyResponse, responses={**VALIDATED, **errors(404, 429, 503, 504)})
 async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                    viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]

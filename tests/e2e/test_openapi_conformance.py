@@ -51,7 +51,7 @@ def test_schemathesis_finds_no_nonconformance(stack: Stack, tmp_path: Path) -> N
          "--checks", ",".join(CHECKS), "--phases", "examples,coverage,fuzzing,stateful",
          "--max-examples", "8", "--workers", "2", "--seed", "7", "--no-color", "--request-timeout", "30",
          "--generation-database", "none", "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(REPO)},
     )
     report = out.stdout + out.stderr

@@ -152,3 +152,55 @@ def test_a_prompt_past_the_context_is_refused_at_submit(predictor: GenerationPre
 
     with pytest.raises(ValidationFailed, match="context"):
         make_loop(predictor).submit(Request(ids(predictor, "the king"), 1000))
+
+
+def test_an_empty_prompt_is_refused_and_a_failing_row_fails_alone(predictor: GenerationPredictor) -> None:
+    from core.errors import ValidationFailed
+
+    loop = make_loop(predictor)
+    with pytest.raises(ValidationFailed, match="empty"):
+        loop.submit(Request([], 4))
+    good = loop.submit(Request(ids(predictor, "the king spoke"), 30))
+    bad = loop.submit(Request(ids(predictor, "the queen"), 30, do_sample=True, temperature=0.0))  # cannot sample
+    with pytest.raises(ValueError):
+        bad.result(60)
+    assert good.result(60) == predictor._one("the king spoke", max_new_tokens=30)
+
+
+def test_a_request_not_admitted_by_its_deadline_times_out(predictor: GenerationPredictor) -> None:
+    from core.errors import DeadlineExceeded
+
+    first_ids = ids(predictor, "the king")
+    loop = make_loop(predictor, max_tokens=len(first_ids) + 100)
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold(_: str) -> None:
+        started.set()
+        go_on.wait(60)
+
+    running = Request(first_ids, 100, min_new_tokens=100, on_text=hold)
+    loop.submit(running)
+    assert started.wait(60)
+    late = loop.submit(Request(first_ids, 100, deadline=time.monotonic() + 0.05))
+    time.sleep(0.1)
+    go_on.set()
+    with pytest.raises(DeadlineExceeded):
+        late.result(60)
+    assert running.future.result(60)["tokens"] == 100
+
+
+def test_a_stream_closed_before_it_was_read_releases_its_model_once() -> None:
+    import asyncio
+
+    from inference.continuous import LoopStream
+    from inference.streaming import TokenSink
+
+    async def main() -> None:
+        released: list[int] = []
+        sink = TokenSink(asyncio.get_running_loop())
+        stream = LoopStream(sink, stops=None, release=lambda: released.append(1))
+        await stream.aclose()  # never iterated: a client gone before the response started
+        await stream.aclose()
+        assert released == [1] and sink.cancel.is_set()
+
+    asyncio.run(main())
