@@ -50,6 +50,13 @@ MAX_EVENT_ID = 2**31 - 1  # the column is a 32-bit integer: a bigger cursor is a
 JobId = Annotated[str, Path(max_length=64)]
 
 
+def polled(body: dict[str, Any]) -> JSONResponse:
+    """The answer of a route clients poll, sent as it is: its dicts hold JSON values only, and FastAPI's
+    validation and encoding against the response model cost more than the query (bench/lifecycle_bench.py). The
+    model still documents it, and tests/e2e/test_openapi_conformance.py checks the wire format against it."""
+    return JSONResponse(body)
+
+
 def _out(session: Session, job: Job) -> dict[str, Any]:
     return job_out(job, queue_position=jobrepo.queue_position(session, job))
 
@@ -264,7 +271,7 @@ def list_jobs(
     kind: Annotated[Literal["train", "import", "push", "evaluate"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+) -> Any:
     """The caller's jobs of every kind (training runs, imports, pushes, evaluations), newest first."""
     stmt = select(Job).where(viewer.owner_filter(Job.owner))
     if kind is not None:
@@ -275,13 +282,13 @@ def list_jobs(
         stmt = stmt.where(Job.status == status)
     with session_scope() as session:
         rows, more = paginate(session, stmt, Job, after=after, limit=limit, visible=lambda j: viewer.owns(j.owner))
-        return page([_out(session, j) for j in rows], more)
+        return polled(page([_out(session, j) for j in rows], more))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={**VALIDATED, **errors(404)})
-def get_job(job_id: JobId, viewer: ViewerDep) -> dict[str, Any]:
+def get_job(job_id: JobId, viewer: ViewerDep) -> Any:
     with session_scope() as session:
-        return _out(session, jobrepo.get_job(session, job_id, viewer=viewer))
+        return polled(_out(session, jobrepo.get_job(session, job_id, viewer=viewer)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={**VALIDATED, **errors(404, 409)})
@@ -332,7 +339,7 @@ async def job_events(
 ) -> Any:
     if "text/event-stream" not in request.headers.get("accept", ""):
         data, more, _ = await anyio.to_thread.run_sync(read_events, job_id, after, limit, viewer)
-        return {"data": data, "has_more": more}
+        return polled({"data": data, "has_more": more})
     start = _event_cursor(last_event_id, after)
     # Another owner's job is a plain 404 before the stream starts; the stream's poller then reads for everyone.
     await anyio.to_thread.run_sync(read_events, job_id, start, 1, viewer)
