@@ -191,6 +191,7 @@ class DecodeLoop:
     def _admissible(self) -> list[Request]:
         """Waiting requests that fit the token budget, in arrival order (one alone always fits an idle loop)."""
         out: list[Request] = []
+        self._purge()  # the given-up and the late leave wherever they wait, not only at the head
         now = time.monotonic()
         while self._pending:
             head = self._pending[0]

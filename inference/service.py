@@ -155,12 +155,13 @@ class InferenceService:
         return resolved
 
     async def open_stream(self, resolved: Resolved, prompt: str, *,
-                          is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                          is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
                           **params: Any) -> AsyncIterator[dict[str, Any]]:
         """Admit one streamed generation to `resolved`'s queue, or raise (before anything is sent): RateLimited
         when the queue is full, ValidationFailed for a prompt past the model's context. Returns the stream of
-        {"text"} chunks and the final {"done"}; see inference/streaming.py."""
-        timeout = self.settings.request_timeout_seconds
+        {"text"} chunks and the final {"done"}; see inference/streaming.py. `timeout` (X-Request-Timeout, at most
+        the setting) bounds the wait to start."""
+        timeout = timeout or self.settings.request_timeout_seconds
         if self.settings.continuous_batching:
             return await self.continuous.open_stream(resolved.ref, resolved.task, resolved.path, prompt,
                                                      timeout=timeout, **params)

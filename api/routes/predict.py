@@ -154,6 +154,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
         slots.acquire(viewer.owner)
         try:
             chunks = await service.open_stream(resolved, prompts[0], is_disconnected=request.is_disconnected,
+                                               timeout=_timeout(request, settings.request_timeout_seconds),
                                                **params)
         except BaseException:
             slots.release(viewer.owner)

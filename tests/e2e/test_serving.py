@@ -211,15 +211,24 @@ def test_deadline_is_504_a_request_whose_client_left_is_dropped_and_the_server_g
             httpx.post(f"{serving.base_url}/generate", json=short_body, timeout=0.5)
         r = waiting.result()
         assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
+        # A stream waiting behind the full budget past its X-Request-Timeout ends with a timeout error event.
+        with httpx.Client(base_url=serving.base_url, timeout=60) as client, client.stream(
+                "POST", "/generate", json={**short_body, "stream": True}, headers={"X-Request-Timeout": "1"}) as s:
+            events = list(s.iter_lines())
+        assert "event: error" in events and any('"timeout"' in line for line in events), events
+        assert not long.done()  # it timed out while the long request still held the budget
         assert long.result().status_code == 200
+    # The plain request and the stream, each counted with its status.
     assert serving.metric("ftserve_requests_total", endpoint="/generate", model="talker:1", status="504") \
-        == timeouts0 + 1
+        == timeouts0 + 2
     deadline = time.monotonic() + 120
     while serving.metric("ftserve_requests_dropped_total", model="talker:1", reason="client_left") <= dropped0:
         assert time.monotonic() < deadline, serving.logs("api")[-3000:]
         time.sleep(0.2)
     r = serving.client.post("/generate", json=short_body)
     assert r.status_code == 200 and r.json()["generations"][0]["tokens"] == 4, r.text
+    # The tokens reserved never went past FTSERVE_MAX_GENERATION_TOKENS (600), though the load asked for more.
+    assert 480 <= serving.metric("ftserve_generation_tokens_reserved_max", model="talker:1") <= 600
 
 
 def test_a_failing_batch_fails_only_its_own_requests_and_the_server_goes_on(serving: Stack) -> None:
