@@ -529,6 +529,21 @@ def equal_length_prompts(model_dir: Path, count: int, length: int) -> list[str]:
     raise RuntimeError(f"found only {len(prompts)} prompts of {length} tokens in {GENERATION_VAL_TXT}")
 
 
+def send_all(one: Any, items: list[Any], *, concurrent: bool) -> tuple[list[Any], float]:
+    """`one(item, gate)` for every item: all at once (released together by a barrier) or one after the other;
+    the results in order and the seconds from the start to the last result."""
+    if not concurrent:
+        t0 = time.perf_counter()
+        return [one(item, None) for item in items], time.perf_counter() - t0
+    gate = threading.Barrier(len(items) + 1)
+    with ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(one, item, gate) for item in items]
+        gate.wait()
+        t0 = time.perf_counter()
+        results = [f.result() for f in futures]
+        return results, time.perf_counter() - t0
+
+
 def generate_round(client: Any, model: str, model_ref: str, prompts: list[str], *, concurrent: bool) -> GenRound:
     body = {"model": model, "max_new_tokens": GEN_NEW_TOKENS, "min_new_tokens": GEN_NEW_TOKENS, "do_sample": False}
 
@@ -543,18 +558,7 @@ def generate_round(client: Any, model: str, model_ref: str, prompts: list[str], 
         return r.json()["generations"][0], elapsed
 
     before, buckets = batch_counts(client, model_ref), batch_buckets(client, model_ref)
-    if concurrent:
-        gate = threading.Barrier(len(prompts) + 1)
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            futures = [pool.submit(one, p, gate) for p in prompts]
-            gate.wait()
-            t0 = time.perf_counter()
-            results = [f.result() for f in futures]
-            seconds = time.perf_counter() - t0
-    else:
-        t0 = time.perf_counter()
-        results = [one(p, None) for p in prompts]
-        seconds = time.perf_counter() - t0
+    results, seconds = send_all(one, prompts, concurrent=concurrent)
     after = batch_counts(client, model_ref)
     for generation, _ in results:
         if generation["tokens"] != GEN_NEW_TOKENS or generation["finish_reason"] != "length":
@@ -601,17 +605,7 @@ def mixed_round(client: Any, model: str, requests: list[tuple[str, int]], *, con
             raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text}")
         return int(r.json()["generations"][0]["tokens"]), time.perf_counter() - t
 
-    if concurrent:
-        gate = threading.Barrier(len(requests) + 1)
-        with ThreadPoolExecutor(len(requests)) as pool:
-            futures = [pool.submit(one, r, gate) for r in requests]
-            gate.wait()
-            t0 = time.perf_counter()
-            results = [f.result() for f in futures]
-    else:
-        t0 = time.perf_counter()
-        results = [one(r, None) for r in requests]
-    seconds = time.perf_counter() - t0
+    results, seconds = send_all(one, requests, concurrent=concurrent)
     return MixedRound("16 concurrent" if concurrent else "one at a time", seconds, sum(t for t, _ in results),
                       [e for _, e in results])
 

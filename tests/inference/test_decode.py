@@ -60,6 +60,21 @@ def wait_until(what: str, check: Any, timeout: float = 60) -> None:
         time.sleep(0.005)
 
 
+def held(loop: DecodeLoop, prompt: list[int], tokens: int) -> tuple[Request, threading.Event]:
+    """A running request of exactly `tokens` new tokens that holds the loop at its first token until the returned
+    event is set: the test then sees the loop's state while it runs."""
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold(_: str) -> None:
+        started.set()
+        go_on.wait(60)
+
+    request = Request(prompt, tokens, min_new_tokens=tokens, on_text=hold)
+    loop.submit(request)
+    assert started.wait(60)
+    return request, go_on
+
+
 def test_sixteen_prompts_of_different_lengths_equal_unbatched_generate(predictor: GenerationPredictor) -> None:
     loop = make_loop(predictor)
     texts = prompts(16)
@@ -110,15 +125,7 @@ def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: Gener
     first_ids = ids(predictor, "the king")
     budget = len(first_ids) + 150
     loop = make_loop(predictor, max_tokens=budget)  # room for one of these at a time
-    started, go_on = threading.Event(), threading.Event()
-
-    def hold(_: str) -> None:  # the loop stops at the first row's first token until the test goes on
-        started.set()
-        go_on.wait(60)
-
-    first = Request(first_ids, 150, min_new_tokens=150, on_text=hold)
-    loop.submit(first)
-    assert started.wait(60)
+    first, go_on = held(loop, first_ids, 150)
     second = loop.submit(Request(first_ids, 150, min_new_tokens=150))
     assert loop.waiting == 1 and loop.reserved == budget  # over the budget: it waits
     first.cancel.set()
@@ -131,15 +138,7 @@ def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: Gener
 def test_a_full_wait_queue_is_a_429(predictor: GenerationPredictor) -> None:
     first_ids = ids(predictor, "the king")
     loop = make_loop(predictor, max_tokens=len(first_ids) + 100, max_queue=1)
-    started, go_on = threading.Event(), threading.Event()
-
-    def hold(_: str) -> None:
-        started.set()
-        go_on.wait(60)
-
-    running = Request(first_ids, 100, min_new_tokens=100, on_text=hold)
-    loop.submit(running)
-    assert started.wait(60)
+    running, go_on = held(loop, first_ids, 100)
     loop.submit(Request(first_ids, 100))  # waits
     with pytest.raises(RateLimited):
         loop.submit(Request(first_ids, 100))
@@ -172,15 +171,7 @@ def test_a_request_not_admitted_by_its_deadline_times_out(predictor: GenerationP
 
     first_ids = ids(predictor, "the king")
     loop = make_loop(predictor, max_tokens=len(first_ids) + 100)
-    started, go_on = threading.Event(), threading.Event()
-
-    def hold(_: str) -> None:
-        started.set()
-        go_on.wait(60)
-
-    running = Request(first_ids, 100, min_new_tokens=100, on_text=hold)
-    loop.submit(running)
-    assert started.wait(60)
+    running, go_on = held(loop, first_ids, 100)
     late = loop.submit(Request(first_ids, 100, deadline=time.monotonic() + 0.05))
     time.sleep(0.1)
     go_on.set()
