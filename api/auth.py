@@ -1,6 +1,7 @@
 """Who is calling: bearer API keys when FTSERVE_API_KEYS is set, a loopback-only single user when it is not.
 
-With keys, every path but /healthz and /readyz needs `Authorization: Bearer <key>`; the key's name is the
+With keys, every path but /healthz, /readyz and the dashboard's static files (`/`, `/favicon.ico`, `/ui…`: they
+hold no data, and every call the pages make carries the key) needs `Authorization: Bearer <key>`; the key's name is the
 caller's owner, and names in FTSERVE_ADMIN_KEYS act on every owner's resources. With auth off, the API is
 for the machine it runs on: besides binding loopback only (`ftserve api`), it answers only requests addressed to
 localhost (a DNS-rebinding page reaches 127.0.0.1 under its own host name) and refuses a state-changing request
@@ -17,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_body
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico", "/ui"})
+UI_PREFIX = "/ui/"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -33,6 +35,12 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1] if "]" in host else host
     return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def is_open(path: str) -> bool:
+    """A path any caller may read: health probes, and the dashboard's shell (a browser must load it to be asked
+    for the key)."""
+    return path in OPEN_PATHS or path.startswith(UI_PREFIX)
 
 
 async def _reject(scope: Scope, receive: Receive, send: Send, status: int, type_: str, message: str,
@@ -69,7 +77,7 @@ class ApiKeyMiddleware:
                 await _reject(scope, receive, send, 403, "forbidden", problem)
                 return
             state["owner"], state["admin"] = "default", True
-        elif scope["path"] not in OPEN_PATHS:
+        elif not is_open(scope["path"]):
             header = headers.get("authorization")
             owner = self._owner_for(header)
             if owner is None:

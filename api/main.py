@@ -15,7 +15,7 @@ from api import errors
 from api.auth import ApiKeyMiddleware
 from api.limits import BodyLimitMiddleware
 from api.responses import COMMON
-from api.routes import datasets, evaluations, jobs, model_files, models, predict, pushes, service
+from api.routes import datasets, evaluations, jobs, model_files, models, predict, pushes, service, ui
 from api.streams import EventHub, StreamSlots
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
@@ -44,7 +44,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
         from fastapi.openapi.utils import get_openapi
 
         from api.routes.model_files import HubImport
-        from training.spec import JobRequest
+        from training.spec import FIELDS, PARAMS, JobRequest
 
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -52,6 +52,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
+        _task_schemas(schemas, params=PARAMS, fields=FIELDS)
         _add_links(doc)
         _errors_are_json(doc)
         _bodies_by_ref(doc)
@@ -84,6 +85,19 @@ _LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str], dic
         "GetImportJob": ("/jobs/{job_id}", "get", {"job_id": "$response.body#/id"}, None),
     },
 }
+
+
+def _task_schemas(schemas: dict[str, Any], *, params: dict[str, Any], fields: dict[str, dict[str, str]]) -> None:
+    """`JobRequest.hyperparameters` and `.columns` depend on the task: each task's hyperparameters model (defaults
+    and bounds) is a component, and JobRequest names them and the column fields per task in `x-task-params` and
+    `x-task-columns` (field → default column). The dashboard's job form is built from these."""
+    refs = {}
+    for task, model in params.items():
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        refs[task] = f"#/components/schemas/{model.__name__}"
+    request = schemas["JobRequest"]
+    request["x-task-params"] = refs
+    request["x-task-columns"] = {task: dict(columns) for task, columns in fields.items()}
 
 
 def _errors_are_json(doc: dict[str, Any]) -> None:
@@ -133,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_hub = EventHub(jobs.read_events)
     errors.install(app)
     app.openapi = partial(openapi_schema, app)  # type: ignore[method-assign]
-    for module in (service, datasets, jobs, models, model_files, pushes, evaluations, predict):
+    for module in (service, datasets, jobs, models, model_files, pushes, evaluations, predict, ui):
         app.include_router(module.router)
     # Added last, runs first: a request without a valid key is refused before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,

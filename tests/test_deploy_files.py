@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,24 @@ def test_dockerignore_excludes_local_state() -> None:
         assert required in patterns, f".dockerignore does not exclude {required}"
     # pyproject.toml names README.md as the readme: `pip install .` fails without it in the context.
     assert not {"README.md", "*.md", "pyproject.toml"} & patterns
+    # The dashboard's files are installed with the package (the image's API serves /ui from them).
+    assert not {"web", "web/", "*.js", "*.css", "*.html", "*.svg", "*.ico"} & patterns
+
+
+def test_the_installed_package_carries_the_dashboard(tmp_path: Path) -> None:
+    """`pip install .` (what the image runs, from the build context .dockerignore leaves) ships every file of web/,
+    so an installed or containerized API serves /ui. Built from a copy: a build writes build/ and *.egg-info."""
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "tests", "bench", "docs", "__pycache__", "*.egg-info", "build", ".ftserve-data",
+        "test-artifacts", ".pytest_cache", ".ruff_cache"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("ftserve-*.whl"))
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    web = REPO / "web"
+    files = {f"web/{p.relative_to(web).as_posix()}" for p in web.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    assert {"web/index.html", "web/js/app.js", "web/vendor/uplot/uPlot.esm.js", "web/vendor/uplot/LICENSE"} <= files
+    assert files - shipped == set(), "files of web/ the wheel leaves out (tool.setuptools.package-data)"
