@@ -63,16 +63,22 @@ def fresh_pg_database() -> Iterator[str]:
 
 
 @contextmanager
-def keyed_stack(data_dir: Path, hf_home: Path, redis_url: str, *, keys: str, **env: str) -> Iterator[Stack]:
-    """A stack on a fresh PostgreSQL database and its own queue, with auth on (`keys`: FTSERVE_API_KEYS)."""
+def live_stack(data_dir: Path, hf_home: Path, redis_url: str, *, workers: int = 1, **env: str) -> Iterator[Stack]:
+    """A stack on a fresh PostgreSQL database and its own queue, with these settings."""
     from tests.stack import free_port
 
     with fresh_pg_database() as url, Stack(
-        data_dir=data_dir,
+        data_dir=data_dir, workers=workers,
         env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_DATABASE_URL": url,
-             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"{data_dir.name}_{free_port()}",
-             "FTSERVE_API_KEYS": keys, **env},
+             "FTSERVE_BROKER_URL": redis_url, "FTSERVE_QUEUE": f"{data_dir.name}_{free_port()}", **env},
     ) as s:
+        yield s
+
+
+@contextmanager
+def keyed_stack(data_dir: Path, hf_home: Path, redis_url: str, *, keys: str, **env: str) -> Iterator[Stack]:
+    """A stack on a fresh PostgreSQL database and its own queue, with auth on (`keys`: FTSERVE_API_KEYS)."""
+    with live_stack(data_dir, hf_home, redis_url, FTSERVE_API_KEYS=keys, **env) as s:
         yield s
 
 
