@@ -186,6 +186,14 @@ def test_a_job_from_the_form_trains_with_live_curves(stack: Stack, seeded: dict[
     with tab(browser, stack.base_url) as t:
         page = t.page
         t.goto("/new")
+        # Submitted empty: each of the API's complaints lands under its own field.
+        page.wait_for_selector("#hyperparameters input")
+        page.get_by_role("button", name="Start training").click()
+        for label in ("Or use an uploaded dataset", "Base model"):
+            control = page.get_by_label(label, exact=True)
+            page.locator(f"#{control.get_attribute('id')}-error").wait_for()
+            assert control.get_attribute("aria-invalid") == "true", label
+        assert "dataset" in page.locator("#form-error").inner_text()
         page.get_by_label("Upload a file").set_input_files(EXAMPLES / "sentiment.csv")
         page.wait_for_selector("#detected-columns .chip[data-column='label']")
         assert page.locator("#detected-columns .chip").all_inner_texts()[0].startswith("text")

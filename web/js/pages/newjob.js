@@ -16,7 +16,6 @@ const SUGGESTED = {
   summarization: ["t5-small", "facebook/bart-base"],
   generation: ["gpt2", "distilgpt2"],
 };
-const MODEL_NAME = "^[a-z0-9][a-z0-9._-]{0,63}$";
 
 /** The task a dataset's columns look made for (the user can change it). */
 export function guessTask(columns, format) {
@@ -337,22 +336,13 @@ export function mount(main, { query }) {
   async function onSubmit(event) {
     event.preventDefault();
     clearErrors();
-    // What can be told without asking the API.
-    const missing = [];
-    if (!dataset) missing.push([file, "Upload a dataset or pick one."]);
-    if (!baseModel.value.trim()) missing.push([baseModel, "Give a base model."]);
-    if (modelName.value.trim() && !new RegExp(MODEL_NAME).test(modelName.value.trim())) {
-      missing.push([modelName, "Lowercase letters, digits, '.', '_' or '-', starting with a letter or digit."]);
-    }
+    // The API validates (a missing dataset or base model, a bad name or value); only JSON it cannot be sent.
     let request;
     try {
       request = body();
     } catch (err) {
-      missing.push([err.control || extra, err.message]);
-    }
-    if (missing.length) {
-      for (const [control, message] of missing) setFieldError(control, message);
-      missing[0][0].focus();
+      setFieldError(err.control, err.message);
+      err.control.focus();
       return;
     }
     submit.disabled = true;

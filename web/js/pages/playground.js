@@ -114,7 +114,7 @@ async function generateTab(ctx) {
   const prompt = h("textarea", { name: "prompt", rows: "4", required: true, placeholder: "Once upon a time" });
   const params = await paramInputs("GenerateRequest", GENERATE_PARAMS);
   const sample = h("input", { type: "checkbox", name: "do_sample", id: "do-sample" });
-  const stop = h("input", { name: "stop", autocomplete: "off", spellcheck: "false", placeholder: "\\n\\n" });
+  const stop = h("input", { name: "stop", autocomplete: "off", spellcheck: "false", placeholder: "none (e.g. \\n\\n)" });
   ctx.form.append(field({ label: "Prompt", control: prompt, wide: true }),
     h("details", { class: "params", open: true }, h("summary", {}, "Parameters"),
       h("div", { class: "grid" }, params.map((p) => p.el),
