@@ -67,6 +67,8 @@ class Predictor(ABC):
     # Request parameters that `encode` attaches to each input rather than `predict` reading them for the batch.
     input_params: ClassVar[frozenset[str]] = frozenset()
 
+    sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
+
     def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
         import transformers
 
@@ -78,6 +80,12 @@ class Predictor(ABC):
         self.model = load_model(getattr(transformers, self.auto_class), str(model_dir)).to(device).eval()
         self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
 
+    def warm_up(self) -> None:
+        """One encode before serving: it sets the fast tokenizer's truncation and padding state, which every later
+        encode then only reads. Request threads encode at once, and changing that state while another thread
+        encodes with it fails ("Already borrowed")."""
+        self.encode([self.sample_input])
+
     @abstractmethod
     def encode(self, inputs: Sequence[Any], **params: Any) -> list[Encoded]:
         """The request's inputs tokenized, one `Encoded` per input; raises ValidationFailed for an input the model
@@ -86,6 +94,14 @@ class Predictor(ABC):
     @abstractmethod
     def predict(self, encoded: Sequence[Encoded], **params: Any) -> list[Any]:
         """One result per encoded input (the inputs of several requests, batched)."""
+
+    @classmethod
+    def padded_tokens(cls, encoded: Sequence[Encoded], **params: Any) -> int:
+        """The tokens `predict(encoded, **params)` computes, padding included: what FTSERVE_MAX_BATCH_TOKENS bounds.
+        Encoders forward every row (a QA window is a row) in length groups (inference/batching.py)."""
+        from inference.batching import padded_tokens
+
+        return padded_tokens([n for item in encoded for n in item.lengths])
 
     @classmethod
     def batch_params(cls, params: dict[str, Any]) -> dict[str, Any]:

@@ -10,21 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailed
 from inference.predictors.base import Encoded, Predictor
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one prompt may add: its own `max_new_tokens`, and the error that fails it alone when its tokens and
-    that budget pass the model's context."""
-
-    max_new_tokens: int
-    error: ValidationFailed | None = None
 
 
 class _StopOn:
@@ -90,15 +80,23 @@ class GenerationPredictor(Predictor):
         super().__init__(model_dir, device=device)
         ensure_pad_token(self.tokenizer)
 
-    def encode(self, inputs: Sequence[str | tuple[str, int]], *, max_new_tokens: int = 64, **params: Any
-               ) -> list[Encoded]:
-        """Each prompt's token ids and budget: `max_new_tokens`, or its own for a `(prompt, n)` pair."""
+    def encode(self, inputs: Sequence[str], *, max_new_tokens: int = 64, **params: Any) -> list[Encoded]:
+        """Each prompt's token ids, with its `max_new_tokens` (`meta`); a prompt whose tokens and max_new_tokens pass
+        the model's context is a ValidationFailed."""
         out = []
-        for item in inputs:
-            prompt, budget = (item, max_new_tokens) if isinstance(item, str) else (item[0], int(item[1]))
-            ids = list(self.tokenizer(prompt)["input_ids"])
-            out.append(Encoded([{"input_ids": ids}], Budget(budget, self.context_error(len(ids), budget))))
+        for ids in self.tokenizer(list(inputs))["input_ids"]:
+            error = self.context_error(len(ids), max_new_tokens)
+            if error is not None:
+                raise error
+            out.append(Encoded([{"input_ids": list(ids)}], max_new_tokens))
         return out
+
+    @classmethod
+    def padded_tokens(cls, encoded: Sequence[Encoded], **params: Any) -> int:
+        """One left-padded `generate` call: every row holds the longest prompt and the largest max_new_tokens."""
+        if not encoded:
+            return 0
+        return len(encoded) * (max(item.lengths[0] for item in encoded) + max(item.meta for item in encoded))
 
     def predict(self, encoded: Sequence[Encoded], **params: Any) -> list[Any]:
         """Prompts share one `generate` call, left-padded with an attention mask (positions counted from each
@@ -106,24 +104,18 @@ class GenerationPredictor(Predictor):
         `max_new_tokens`: the call runs to the largest and each row stops at its own (a stopping criterion per
         row), so requests of different lengths share a call too. Two exceptions: with a repetition penalty, prompts
         of one token length share a call (the penalty would count a padded row's pad tokens), and seeded sampling
-        runs prompt by prompt, so a seed's text never depends on its batch-mates. A prompt past the model's
-        context gets its error as its result: it fails its own request only (see inference/batcher.py)."""
+        runs prompt by prompt, so a seed's text never depends on its batch-mates."""
         ids = [item.rows[0]["input_ids"] for item in encoded]
-        budgets: list[Budget] = [item.meta for item in encoded]
+        budgets: list[int] = [item.meta for item in encoded]
         if params.get("do_sample") and params.get("seed") is not None:
-            return [b.error or self._one(row, max_new_tokens=b.max_new_tokens, **params)
-                    for row, b in zip(ids, budgets, strict=True)]
+            return [self._one(row, max_new_tokens=n, **params) for row, n in zip(ids, budgets, strict=True)]
         out: list[Any] = [{}] * len(encoded)
         groups: dict[int, list[int]] = {}
         exact = float(params.get("repetition_penalty", 1.0)) != 1.0
         for index, row in enumerate(ids):
-            if budgets[index].error is not None:
-                out[index] = budgets[index].error
-                continue
             groups.setdefault(len(row) if exact else 0, []).append(index)
         for indices in groups.values():
-            results = self._padded([ids[i] for i in indices], [budgets[i].max_new_tokens for i in indices],
-                                   **params)
+            results = self._padded([ids[i] for i in indices], [budgets[i] for i in indices], **params)
             for index, result in zip(indices, results, strict=True):
                 out[index] = result
         return out

@@ -31,6 +31,7 @@ class QuestionAnsweringPredictor(Predictor):
     task = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
     zero_wait = True
+    sample_input = ("warm-up", "warm-up")
 
     def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
         super().__init__(model_dir, device=device)

@@ -56,7 +56,8 @@ def test_rows_with_their_own_max_new_tokens_share_a_call_and_each_stops_at_its_o
         predictor: GenerationPredictor) -> None:
     texts = prompts(predictor, 8)
     budgets = [4, 16, 9, 30, 1, 12, 16, 5]
-    batched = predictor(list(zip(texts, budgets, strict=True)), min_new_tokens=1)
+    encoded = [e for t, n in zip(texts, budgets, strict=True) for e in predictor.encode([t], max_new_tokens=n)]
+    batched = predictor.predict(encoded, min_new_tokens=1)
     alone = [predictor([t], max_new_tokens=n, min_new_tokens=1)[0] for t, n in zip(texts, budgets,
                                                                                           strict=True)]
     assert batched == alone
