@@ -336,7 +336,7 @@ class Point:
 
     @property
     def tail(self) -> float:
-        return self.p99_ms / self.p50_ms
+        return self.p99_ms / self.p50_ms if self.p50_ms > 0 else float("inf")  # no request finished
 
     @property
     def server_ms_per_request(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -72,15 +73,19 @@ class InferenceService:
                                 loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
                                                torch_threads=settings.torch_threads),
                                 max_bytes=settings.model_cache_mb * 1024 * 1024)
-        # One forward thread per loaded model: one forward at a time (interleaving gains nothing on shared cores
-        # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
-        # waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
-        self._executors: dict[str, ThreadPoolExecutor] = {}
+        # Two threads per loaded model, by (role, ref). "forward": one forward at a time (interleaving gains nothing
+        # on shared cores and costs memory), and always the same thread, so torch keeps one OpenMP team per model
+        # instead of waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
+        # "encode": the requests' tokenization, one request at a time. With a thread per request (anyio's pool),
+        # dozens of tokenizing threads take the GIL from the forward thread between its ops under load: 64
+        # concurrent in-process /classify requests ran at 0.4-0.9x of tokenizing in the forward thread, and at
+        # 0.8-1.3x with this one thread (a noisy 2-core machine, three alternating runs each).
+        self._executors: dict[tuple[str, str], ThreadPoolExecutor] = {}
         # (viewer, ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py):
         # per viewer, because a bare name or no name at all resolves among the caller's models.
         self._resolved: dict[tuple[Viewer, str | None, str], Resolved] = {}
         self._stamp: stamp.Stamp = None
-        self._batchers: dict[tuple[str, str, str], Batcher] = {}
+        self._batchers: dict[tuple[str, str], Batcher] = {}
         self._streams: dict[str, StreamGate] = {}
         self.continuous = ContinuousGeneration(self.cache, settings)
 
@@ -112,14 +117,21 @@ class InferenceService:
                             timeout=self.settings.request_timeout_seconds) as predictor:
             return fn(predictor)
 
-    def _forget(self, key: tuple[str, str, str]) -> None:
-        """An idle batcher goes (one per seed would pile up); its model's thread goes with the last of them."""
+    def _thread(self, role: str, ref: str) -> ThreadPoolExecutor:
+        executor = self._executors.get((role, ref))
+        if executor is None:
+            executor = self._executors[role, ref] = ThreadPoolExecutor(1, thread_name_prefix=f"{role}-{ref}")
+        return executor
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """An idle batcher goes (one per seed would pile up); its model's threads go with the last of them."""
         self._batchers.pop(key, None)
         ref = key[0]
         if not any(k[0] == ref for k in self._batchers):
-            executor = self._executors.pop(ref, None)
-            if executor is not None:
-                executor.shutdown(wait=False)
+            for role in ("forward", "encode"):
+                executor = self._executors.pop((role, ref), None)
+                if executor is not None:
+                    executor.shutdown(wait=False)
 
     async def resolve_async(self, ref: str | None, task: str, viewer: Viewer = EVERYONE) -> Resolved:
         """`resolve`, answered from memory while no version, alias or visibility changed since (one `stat` per
@@ -187,17 +199,13 @@ class InferenceService:
         key = (resolved.ref, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
-            executor = self._executors.get(resolved.ref)
-            if executor is None:
-                executor = self._executors[resolved.ref] = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"forward-{resolved.ref}")
             # Encoders batch with no wait (as TEI does): an idle model runs a request at once, and under load a
             # batch is what queued while the previous forward ran. Generation waits a little (FTSERVE_MAX_BATCH_
             # WAIT_MS, stretched with its run time) so that concurrent calls can share one `generate`.
             zero_wait = kind.zero_wait
             batcher = Batcher(
                 lambda items: self._call(resolved, lambda p: p.predict(items, **params)), model=resolved.ref,
-                executor=executor,
+                executor=self._thread("forward", resolved.ref),
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,
@@ -221,8 +229,9 @@ class InferenceService:
                 timeout=timeout, **params)
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
-        # these real tokens, the forward pass reads them, and requests tokenize in parallel with the forward passes.
-        kind, encoded = await anyio.to_thread.run_sync(self._encode, resolved, items, params, timeout)
+        # these real tokens, the forward pass reads them, and requests tokenize while the forward pass runs.
+        kind, encoded = await asyncio.get_running_loop().run_in_executor(
+            self._thread("encode", resolved.ref), self._encode, resolved, items, params, timeout)
         batcher = self._batcher(resolved, kind, kind.batch_params(params))
         return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
                                     is_disconnected=is_disconnected)
