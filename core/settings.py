@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         default=16384, ge=0,
         description="Most tokens in one batch, padded as its forward pass pads them, from the requests' real "
-        "tokenization (QA windows count each; /generate adds max_new_tokens per row); 0 = no limit.",
+        "tokenization (QA windows count each; /generate and /summarize add max_new_tokens per row, and per beam); "
+        "0 = no limit.",
     )
     max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")
     warm_models: str = Field(default="", description="Model refs to load at start, comma-separated.")

@@ -211,6 +211,7 @@ class InferenceService:
                 wait_fraction=0.0 if zero_wait else 0.02,
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._forget(key),
                 cost=lambda items: kind.padded_tokens(items, **params),
+                split=lambda items: kind.run_order(items, **params),
                 max_cost=self.settings.max_batch_tokens,
                 also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
             )

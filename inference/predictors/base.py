@@ -104,6 +104,13 @@ class Predictor(ABC):
         return padded_tokens([n for item in encoded for n in item.lengths])
 
     @classmethod
+    def run_order(cls, encoded: Sequence[Encoded], **params: Any) -> list[list[int]]:
+        """How a batch runs: groups of indices into `encoded`, one `predict` call each, in this order; the batcher
+        answers each request as soon as the groups holding its inputs are done. Default: one call (an encoder's
+        forward is short, and `predict` groups rows by length inside it)."""
+        return [list(range(len(encoded)))]
+
+    @classmethod
     def batch_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """The request parameters that `predict` reads (those not in `input_params`)."""
         return {k: v for k, v in params.items() if k not in cls.input_params}

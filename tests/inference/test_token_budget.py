@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.settings import Settings
 from inference.predictors.base import Encoded
 from inference.predictors.classification import ClassificationPredictor
 from inference.predictors.question_answering import QuestionAnsweringPredictor
 from inference.service import InferenceService, Resolved
+from tests.inference.helpers import until
 from tests.reference import classify_reference
 from tests.tinymodels import save_tiny_classifier
 
@@ -87,27 +86,6 @@ class CountingTokenizer:
         return getattr(self._tokenizer, name)
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[..., InferenceService]]:
-    made: list[InferenceService] = []
-
-    def make(**settings: Any) -> InferenceService:
-        made.append(InferenceService(Settings(data_dir=tmp_path / "data", **settings)))
-        return made[-1]
-
-    yield make
-    for s in made:
-        for executor in list(s._executors.values()):  # the per-model forward threads
-            executor.shutdown(wait=True)
-
-
-async def until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.005)
-
-
 def run_behind_a_held_batch(service: InferenceService, resolved: Resolved, recorder: Recorder,
                             requests: list[list[Any]], **params: Any) -> list[list[Any]]:
     """Send one request and hold its batch; send `requests` (all queue up, tokenized), then let the model go on.
@@ -126,8 +104,8 @@ def run_behind_a_held_batch(service: InferenceService, resolved: Resolved, recor
 
 
 def test_classify_batches_are_cut_by_real_tokens_and_predictions_equal_the_reference(
-        service: Callable[..., InferenceService], classifier_dir: Path) -> None:
-    svc = service(max_batch_tokens=100, max_batch_size=64)
+        make_service: Callable[..., InferenceService], classifier_dir: Path) -> None:
+    svc = make_service(max_batch_tokens=100, max_batch_size=64)
     resolved = Resolved("tiny", 1, "classification", str(classifier_dir))
     predictor = svc.cache.get(resolved.ref, task=resolved.task, path=resolved.path)
     texts = (CJK + CODE) * 3
@@ -147,8 +125,8 @@ def test_classify_batches_are_cut_by_real_tokens_and_predictions_equal_the_refer
 
 
 def test_a_request_is_tokenized_once_off_the_event_loop_and_not_in_the_forward(
-        service: Callable[..., InferenceService], classifier_dir: Path) -> None:
-    svc = service()
+        make_service: Callable[..., InferenceService], classifier_dir: Path) -> None:
+    svc = make_service()
     resolved = Resolved("tiny", 1, "classification", str(classifier_dir))
     predictor = svc.cache.get(resolved.ref, task=resolved.task, path=resolved.path)
     counting = predictor.tokenizer = CountingTokenizer(predictor.tokenizer)
@@ -165,14 +143,14 @@ def test_a_request_is_tokenized_once_off_the_event_loop_and_not_in_the_forward(
     assert [len(r) for r in results] == [2, 1, 2]
 
 
-def test_qa_windows_count_as_real_rows_in_the_budget(service: Callable[..., InferenceService], qa_dir: Path
+def test_qa_windows_count_as_real_rows_in_the_budget(make_service: Callable[..., InferenceService], qa_dir: Path
                                                      ) -> None:
     long_pair = ("what was the film", " ".join([SENTENCE] * 6))
     short_pairs = [("was it good", "the film was good"), ("was it bad", "the movie is bad")]
     (long_encoded,) = QuestionAnsweringPredictor(qa_dir).encode([long_pair])
     assert len(long_encoded.rows) >= 4  # a context of ~100 tokens in windows of 32
     # The budget fits one long context's windows and not one input more.
-    svc = service(max_batch_size=64, max_batch_tokens=QuestionAnsweringPredictor.padded_tokens([long_encoded]))
+    svc = make_service(max_batch_size=64, max_batch_tokens=QuestionAnsweringPredictor.padded_tokens([long_encoded]))
     resolved = Resolved("squad", 1, "question-answering", str(qa_dir))
     predictor = svc.cache.get(resolved.ref, task=resolved.task, path=resolved.path)
     recorder = Recorder(predictor)
