@@ -3,12 +3,18 @@ an unbatched call gives; seeded sampling does not depend on its batch-mates."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
+from core.errors import ValidationFailed
 from core.hfcache import cache_repo_dir
 from inference.predictors.generation import GenerationPredictor
+from inference.service import InferenceService, Resolved
 from tests.tiny_gpt2 import TINY_GPT2
 
 SENTENCE = ("the king spoke to the queen of the north and then walked slowly along the old stone road toward "
@@ -63,3 +69,29 @@ def test_rows_with_their_own_max_new_tokens_share_a_call_and_each_stops_at_its_o
     assert batched == alone
     assert [r["tokens"] for r in batched if r["finish_reason"] == "length"] == [
         n for r, n in zip(batched, budgets, strict=True) if r["finish_reason"] == "length"]
+
+
+def test_with_continuous_batching_off_requests_share_a_call_and_a_prompt_past_the_context_fails_alone(
+        make_service: Callable[..., InferenceService], predictor: GenerationPredictor, hf_home: Path) -> None:
+    """FTSERVE_CONTINUOUS_BATCHING=false: prompts are tokenized in the request path and wait for a `generate`
+    call; a prompt whose tokens and max_new_tokens pass the context (256) is a 422 when it is tokenized."""
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    service = make_service(continuous_batching=False, max_batch_wait_ms=1000)  # all four join the first
+    resolved = Resolved("talker", 1, "generation", str(snapshot))
+    texts = prompts(predictor, 4)
+    budgets = [3, 9, 5, 12]
+    too_long = " ".join(WORDS * 10)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(
+            *(service.run(resolved, [t], max_new_tokens=n, min_new_tokens=1) for t, n in zip(texts, budgets,
+                                                                                              strict=True)),
+            service.run(resolved, [too_long], max_new_tokens=200, min_new_tokens=1), return_exceptions=True))
+
+    results = asyncio.run(main())
+    assert isinstance(results[-1], ValidationFailed) and "context of 256 tokens" in results[-1].message
+    assert [r[0] for r in results[:-1]] == [predictor([t], max_new_tokens=n, min_new_tokens=1)[0]
+                                            for t, n in zip(texts, budgets, strict=True)]
+    batches = {k: REGISTRY.get_sample_value(f"ftserve_batch_size_{k}", {"model": resolved.ref})
+               for k in ("count", "sum")}
+    assert batches == {"count": 1, "sum": 4}  # the four requests shared one call
