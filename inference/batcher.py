@@ -183,6 +183,9 @@ class Batcher:
                 group = [i for i in group if not owners[i].future.done()]  # e.g. its deadline passed meanwhile
                 if group:
                     await self._run_group(group, items, owners, left, results)
+            for request in batch:
+                if not request.future.done():  # a split that left an input out: a bug, never a hang
+                    request.future.set_exception(RuntimeError(f"the batch split of {self.model} skipped inputs"))
             elapsed = time.perf_counter() - t0
             self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
 

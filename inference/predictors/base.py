@@ -42,18 +42,10 @@ def one_row_each(enc: Any, count: int) -> list[Encoded]:
     return [Encoded([{k: enc[k][i] for k in keys}]) for i in range(count)]
 
 
-def features_of(encoded: Sequence[Encoded]) -> tuple[dict[str, list[list[int]]], list[int]]:
-    """The rows of `encoded` as unpadded tokenizer features ({name: [row, …]}), and for each row the index of the
-    input it belongs to."""
+def features_of(encoded: Sequence[Encoded]) -> dict[str, list[list[int]]]:
+    """The rows of `encoded`, in order, as unpadded tokenizer features: {name: [row, …]}."""
     keys = [k for k in FEATURES if encoded and encoded[0].rows and k in encoded[0].rows[0]]
-    features: dict[str, list[list[int]]] = {k: [] for k in keys}
-    owners: list[int] = []
-    for index, item in enumerate(encoded):
-        for row in item.rows:
-            for k in keys:
-                features[k].append(row[k])
-            owners.append(index)
-    return features, owners
+    return {k: [row[k] for item in encoded for row in item.rows] for k in keys}
 
 
 class Predictor(ABC):

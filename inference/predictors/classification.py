@@ -32,7 +32,7 @@ class ClassificationPredictor(Predictor):
 
         from inference.batching import grouped_forward
 
-        features, _ = features_of(encoded)  # one row per text
+        features = features_of(encoded)  # one row per text
         probs = np.empty((len(encoded), len(self.id2label)), dtype=np.float32)
         # Similar lengths forward together: padding to the longest of a mixed batch doubles the compute.
         with torch.inference_mode():

@@ -59,7 +59,7 @@ class QuestionAnsweringPredictor(Predictor):
         from inference.batching import grouped_forward
         from training.qa_postprocess import Window, best_spans
 
-        features, _ = features_of(encoded)  # one row per window, in the order of the windows below
+        features = features_of(encoded)  # one row per window, in the order of the windows below
         windows = [Window(index, offsets) for index, item in enumerate(encoded) for offsets in item.meta.offsets]
         start_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
         end_logits: list[np.ndarray] = [np.empty(0)] * len(windows)

@@ -72,7 +72,7 @@ class SummarizationPredictor(Predictor):
         for group in self.run_order(encoded):
             for start in range(0, len(group), PREDICT_BATCH):
                 chunk = group[start:start + PREDICT_BATCH]
-                features, _ = features_of([encoded[i] for i in chunk])
+                features = features_of([encoded[i] for i in chunk])
                 batch = self.tokenizer.pad(features, return_tensors="pt")
                 with torch.inference_mode():
                     generated = self.model.generate(
