@@ -1,11 +1,13 @@
 """Dynamic batching: requests for one model queue up and share forward passes.
 
 Each request is a list of items and a future. One loop per batcher takes requests in arrival order
-until the batch holds `max_batch_size` items (or, with a `cost` function, `max_cost` padded cost: items ×
-the costliest, e.g. estimated tokens) or the wait has passed since the first one, drops those whose
+until the batch holds `max_batch_size` items (or, with a `cost` function, `max_cost` of what the batch costs:
+e.g. the padded tokens its forward pass computes) or the wait has passed since the first one, drops those whose
 deadline passed or whose client left (no compute for them), and runs the batch function in a thread, off
-the event loop. The wait is `max_wait`, stretched to `wait_fraction` of a batch's measured run time (up to
-`max_wait_cap`): 5 ms means nothing to a 4 s `generate` but lets concurrent callers join it. While a batch
+the event loop — once, or once per group of a `split` (a request is answered as soon as its own items are done,
+so a short request batched with long ones need not wait for them). The wait is `max_wait`, stretched to
+`wait_fraction` of a batch's measured run time (up to `max_wait_cap`): 5 ms means nothing to a 4 s `generate`
+but lets concurrent callers join it. While a batch
 runs, new requests queue up, so batches grow with load. A failed batch fails only its own requests; a full
 queue is a 429 and a request past its deadline a 504.
 """
@@ -43,10 +45,14 @@ class _Request:
 class Batcher:
     def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int,
                  on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0,
-                 cost: Callable[[Any], int] | None = None, max_cost: int = 0,
+                 cost: Callable[[list[Any]], int] | None = None, max_cost: int = 0,
                  wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None,
-                 also_queued: Callable[[], int] | None = None) -> None:
+                 also_queued: Callable[[], int] | None = None,
+                 split: Callable[[list[Any]], list[list[int]]] | None = None) -> None:
         self.fn = fn
+        # How a batch runs: groups of indices into its items, one call of `fn` each, in order (e.g. inputs of
+        # similar length together, shortest first); a request is answered once its own items have run.
+        self.split = split
         # Requests for the same model waiting elsewhere (streams), counted against `max_queue` too.
         self.also_queued = also_queued
         self.executor = executor
@@ -103,24 +109,21 @@ class Batcher:
         return min(self.max_wait_cap, max(self.max_wait, self.wait_fraction * self._busy_seconds))
 
     def _take(self) -> list[_Request]:
-        """Requests in arrival order up to max_batch_size items and max_cost padded cost (a request beyond
-        either alone runs alone)."""
+        """Requests in arrival order up to max_batch_size items and max_cost (a request beyond either alone runs
+        alone)."""
         batch: list[_Request] = []
-        size = 0
-        costliest = 0
+        items: list[Any] = []
         while self._queue:
             nxt = self._queue[0]
-            if batch and size + len(nxt.items) > self.max_batch_size:
+            if batch and len(items) + len(nxt.items) > self.max_batch_size:
                 break
-            if self.cost is not None and self.max_cost > 0:
-                costliest_with = max([costliest, *map(self.cost, nxt.items)])
-                if batch and (size + len(nxt.items)) * costliest_with > self.max_cost:
-                    break
-                costliest = costliest_with
+            if batch and self.cost is not None and self.max_cost > 0 and \
+                    self.cost(items + nxt.items) > self.max_cost:
+                break
             self._queue.popleft()
             self._queued_items -= len(nxt.items)
             batch.append(nxt)
-            size += len(nxt.items)
+            items += nxt.items
         metrics.QUEUE_DEPTH.labels(model=self.model).set(self._queued_items)
         return batch
 
@@ -172,32 +175,46 @@ class Batcher:
             if not batch:
                 continue
             items = [item for request in batch for item in request.items]
-            metrics.BATCH_SIZE.labels(model=self.model).observe(len(items))
+            owners = [request for request in batch for _ in request.items]
+            left = {id(request): len(request.items) for request in batch}  # items of each request not yet run
+            results: list[Any] = [None] * len(items)
             t0 = time.perf_counter()
-            try:
-                results = await self._compute(items)
-                if len(results) != len(items):
-                    raise RuntimeError(f"batch returned {len(results)} results for {len(items)} inputs")
-            except Exception as exc:
-                log.exception("batch of %d inputs for %s failed", len(items), self.model)
-                metrics.BATCH_FAILURES.labels(model=self.model).inc()
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            finally:
-                elapsed = time.perf_counter() - t0
-                self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
-            start = 0
+            for group in self.split(items) if self.split is not None else [list(range(len(items)))]:
+                group = [i for i in group if not owners[i].future.done()]  # e.g. its deadline passed meanwhile
+                if group:
+                    await self._run_group(group, items, owners, left, results)
             for request in batch:
-                end = start + len(request.items)
-                if not request.future.done():
-                    # An item's result may be the exception that fails it alone (e.g. a prompt past the model's
-                    # context), so one bad input does not fail the requests it was batched with.
-                    chunk = list(results[start:end])
-                    error = next((r for r in chunk if isinstance(r, BaseException)), None)
-                    if error is not None:
-                        request.future.set_exception(error)
-                    else:
-                        request.future.set_result(chunk)
-                start = end
+                if not request.future.done():  # a split that left an input out: a bug, never a hang
+                    request.future.set_exception(RuntimeError(f"the batch split of {self.model} skipped inputs"))
+            elapsed = time.perf_counter() - t0
+            self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
+
+    async def _run_group(self, group: list[int], items: list[Any], owners: list[_Request], left: dict[int, int],
+                         results: list[Any]) -> None:
+        """One call of the batch function on `items[group]`; every request whose items have now all run gets its
+        results at once, before the next group runs."""
+        metrics.BATCH_SIZE.labels(model=self.model).observe(len(group))
+        try:
+            out = await self._compute([items[i] for i in group])
+            if len(out) != len(group):
+                raise RuntimeError(f"batch returned {len(out)} results for {len(group)} inputs")
+        except Exception as exc:
+            log.exception("batch of %d inputs for %s failed", len(group), self.model)
+            metrics.BATCH_FAILURES.labels(model=self.model).inc()
+            for i in group:
+                if not owners[i].future.done():
+                    owners[i].future.set_exception(exc)
+            return
+        for i, result in zip(group, out, strict=True):
+            results[i] = result
+            request = owners[i]
+            left[id(request)] -= 1
+            if left[id(request)] == 0 and not request.future.done():
+                # An item's result may be the exception that fails it alone, so one bad input does not fail the
+                # requests it was batched with.
+                chunk = [results[j] for j, owner in enumerate(owners) if owner is request]
+                error = next((r for r in chunk if isinstance(r, BaseException)), None)
+                if error is not None:
+                    request.future.set_exception(error)
+                else:
+                    request.future.set_result(chunk)

@@ -58,7 +58,7 @@ def test_the_token_budget_counts_padded_cost_and_a_costly_request_still_runs_alo
     async def main() -> None:
         model = Model()
         model.gate.clear()  # hold the first batch so that the rest queue up behind it
-        b = batcher(model, max_batch_size=32, cost=len, max_cost=40)
+        b = batcher(model, max_batch_size=32, cost=lambda items: len(items) * max(map(len, items)), max_cost=40)
         first = asyncio.ensure_future(b.submit(["warm"], timeout=5))
         await asyncio.sleep(0)
         while b.depth:  # until the loop has taken "warm" (its batch then blocks on the gate)
@@ -202,5 +202,70 @@ def test_an_item_whose_result_is_an_exception_fails_only_its_own_request() -> No
                                        b.submit(["c"], timeout=5), return_exceptions=True)
         assert results[0] == ["out:a"] and results[2] == ["out:c"]
         assert isinstance(results[1], ValidationFailed) and "long is too long" in results[1].message
+
+    asyncio.run(main())
+
+
+def by_length(items: list[Any]) -> list[list[int]]:
+    """A split: items under 10 characters in one group, the rest in another, the short group first."""
+    short = [i for i, x in enumerate(items) if len(x) < 10]
+    long = [i for i, x in enumerate(items) if len(x) >= 10]
+    return [g for g in (short, long) if g]
+
+
+def test_a_split_batch_answers_a_short_request_while_the_long_group_it_was_batched_with_still_runs() -> None:
+    long_gate = threading.Event()
+
+    class Slow(Model):
+        def __call__(self, items: list[Any]) -> Sequence[Any]:
+            if len(items[0]) >= 10:
+                assert long_gate.wait(10)  # the long group runs until released
+            return super().__call__(items)
+
+    async def main() -> None:
+        model = Slow()
+        model.gate.clear()  # hold the first batch so that the next requests share one batch
+        b = batcher(model, max_batch_size=32, split=by_length)
+        first = asyncio.ensure_future(b.submit(["warm"], timeout=5))
+        await asyncio.sleep(0)
+        while b.depth:  # until the loop has taken "warm" (its batch then blocks on the gate)
+            await asyncio.sleep(0.001)
+        long = asyncio.ensure_future(b.submit(["l" * 50, "m" * 60], timeout=10))  # arrives first
+        short = asyncio.ensure_future(b.submit(["s"], timeout=10))
+        while b.depth < 3:
+            await asyncio.sleep(0.001)
+        model.gate.set()
+        await first
+        assert await asyncio.wait_for(short, 5) == ["out:s"]  # answered while the long group is held
+        assert not long.done()
+        long_gate.set()
+        assert await long == ["out:" + "l" * 50, "out:" + "m" * 60]
+        assert model.batches[1:] == [["s"], ["l" * 50, "m" * 60]]  # one batch taken, run as two groups
+
+    asyncio.run(main())
+
+
+def test_a_failing_group_fails_only_the_requests_with_inputs_in_it() -> None:
+    async def main() -> None:
+        model = Model()
+        model.gate.clear()
+        b = batcher(model, max_batch_size=32, split=by_length)
+        first = asyncio.ensure_future(b.submit(["warm"], timeout=5))
+        await asyncio.sleep(0)
+        while b.depth:  # until the loop has taken "warm" (its batch then blocks on the gate)
+            await asyncio.sleep(0.001)
+        requests = [b.submit(["boom"], timeout=5), b.submit(["x" * 20], timeout=5),
+                    b.submit(["ok", "y" * 30], timeout=5)]
+        gathered = asyncio.gather(*requests, return_exceptions=True)
+        while b.depth < 4:
+            await asyncio.sleep(0.001)
+        model.gate.set()
+        await first
+        results = await gathered
+        # "boom" and "ok" share the short group: both of their requests fail; the long group still runs, without
+        # the failed request's long input (no compute for a request that has its answer).
+        assert isinstance(results[0], RuntimeError) and isinstance(results[2], RuntimeError)
+        assert results[1] == ["out:" + "x" * 20]
+        assert model.batches[-1] == ["x" * 20]
 
     asyncio.run(main())
