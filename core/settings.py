@@ -7,6 +7,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -86,6 +87,9 @@ class Settings(BaseSettings):
     quantize_int8: bool = Field(
         default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
     )
+    onnx: Literal["off", "fp32", "int8"] = Field(default="off", description=(
+        "/classify and /answer on CPU through ONNX Runtime: an export of the version (cached under "
+        "data_dir/cache/onnx), fp32 or int8 (per-channel weights); takes precedence over quantize_int8 for them."))
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     continuous_batching: bool = Field(default=True, description=(
         "/generate in one decode loop per model: requests join and leave the running batch at every step."))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,23 +32,27 @@ _RESOLVED_MAX = 4096
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0) -> Predictor:
-    from pathlib import Path
-
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0, onnx: str = "off",
+                    data_dir: Path | None = None) -> Predictor:
     import torch
 
+    from inference.onnx_runtime import use_onnx
     from inference.predictors import predictor_class
 
-    size_torch_threads(torch_threads)  # before the first forward; cheap once set
+    threads = size_torch_threads(torch_threads)  # before the first forward; cheap once set
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     predictor = predictor_class(task)(Path(path), device=device)
     predictor.warm_up()  # before request threads tokenize with it at once
     if device == "cuda":
-        # Half precision on the GPU: bf16 where the card supports it (no overflow), fp16 otherwise.
+        # Half precision on the GPU: bf16 where the card supports it (no overflow), fp16 otherwise. FTSERVE_ONNX
+        # does not apply: it is a CPU path (onnxruntime's CPU build).
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         predictor.model = predictor.model.to(dtype)
         log.info("serving %s in %s", path, dtype)
+    elif onnx != "off" and data_dir is not None and use_onnx(predictor, task=task, path=path, mode=onnx,
+                                                             data_dir=data_dir, threads=threads):
+        pass  # the encoder runs in ONNX Runtime (inference/onnx_runtime.py); FTSERVE_QUANTIZE_INT8 does not apply
     elif quantize_int8:
         predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
         log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
@@ -71,7 +76,8 @@ class InferenceService:
         self.settings = settings
         self.cache = ModelCache(capacity=settings.model_cache_size,
                                 loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
-                                               torch_threads=settings.torch_threads),
+                                               torch_threads=settings.torch_threads, onnx=settings.onnx,
+                                               data_dir=settings.data_dir),
                                 max_bytes=settings.model_cache_mb * 1024 * 1024)
         # Two threads per loaded model, by (role, ref). "forward": one forward at a time (interleaving gains nothing
         # on shared cores and costs memory), and always the same thread, so torch keeps one OpenMP team per model

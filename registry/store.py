@@ -63,6 +63,13 @@ class ArtifactStore:
     def version_dir(self, name: str, version: int) -> Path:
         return self.model_dir(name) / str(int(version))
 
+    def derived_dir(self, name: str, version: int) -> Path:
+        """Files derived from a version at serving time (e.g. its ONNX export): never inside the version dir,
+        which is immutable (and hard-linked into other versions); removed with the version."""
+        if not MODEL_NAME.match(name):
+            raise ValidationFailed(f"invalid model name '{name}'")
+        return self._inside("cache", name, str(int(version)))
+
     def staging_dir(self, name: str, job_id: str, attempt: int) -> Path:
         """Where an attempt writes its version before the rename that publishes it (one per attempt, so two
         attempts of a job never write into the same folder)."""

@@ -151,3 +151,67 @@ def save_tiny_classifier(out: Path) -> Path:
     tokenizer.save_pretrained(out)
     BertForSequenceClassification(config).save_pretrained(out)
     return out
+
+
+
+def _tiny_wordpiece() -> Any:
+    """A BERT tokenizer of a few dozen English words (the rest is [UNK]), built with `tokenizers`: given a
+    `vocab_file`, transformers 5's BertTokenizerFast keeps only its special tokens."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", ",", ".", "a", "the", "film", "great", "dull", "good",
+             "bad", "movie", "was", "is", "and", "it", "of", "to", "what", "end", "not", "very", "story", "plot",
+             "actors", "acting", "long", "short", "fun", "funny", "boring", "loved", "hated", "best", "worst"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return BertTokenizerFast(tokenizer_object=tok, model_max_length=64, pad_token="[PAD]", unk_token="[UNK]",
+                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def save_tiny_encoder(out: Path, *, task: str) -> Path:
+    """A 2-layer BERT for "classification" (labels negative/positive) or "question-answering" with a WordPiece
+    tokenizer of 40 words (`_tiny_wordpiece`), saved with save_pretrained (safetensors) into `out`.
+
+    Random, but decisive, so that an approximation (int8) is checked on answers it could only flip by being
+    wrong: a default random model's scores are all ~0.5 and its best spans win by hundredths of a logit.
+    - classification: weights drawn wide (initializer_range 0.2): scores from ~0.55 to ~0.75 by text.
+    - question-answering: each word's embedding is a direction at its own angle in one plane, which the
+      (near-identity) layers keep, and the head reads the start logit from one axis of that plane and the end
+      logit from the other: words differ by whole logits, so a context of distinct words has one clear span.
+    """
+    import math
+
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
+
+    tokenizer = _tiny_wordpiece()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64,
+                        initializer_range=0.2 if task == "classification" else 0.02,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    if task == "classification":
+        model: Any = BertForSequenceClassification(config)
+    else:
+        model = BertForQuestionAnswering(config)
+        with torch.no_grad():
+            plane = torch.randn(2, config.hidden_size)
+            plane -= plane.mean(dim=1, keepdim=True)  # zero-mean, so LayerNorm keeps the directions
+            u = plane[0] / plane[0].norm()
+            v = plane[1] - (plane[1] @ u) * u
+            v /= v.norm()
+            angles = torch.randperm(config.vocab_size).float() * (2 * math.pi / config.vocab_size)
+            model.bert.embeddings.word_embeddings.weight.copy_(
+                10 * (torch.cos(angles)[:, None] * u + torch.sin(angles)[:, None] * v))
+            model.qa_outputs.weight.copy_(torch.stack([u, v]))
+            model.qa_outputs.bias.zero_()
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    return out

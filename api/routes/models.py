@@ -172,6 +172,7 @@ def _remove_files(store: ArtifactStore, inference: Any, name: str, numbers: list
         path = store.version_dir(name, number)
         try:
             store.remove_tree(path)
+            store.remove_tree(store.derived_dir(name, number))
         except OSError:
             # The row is deleted for good; files left behind are only disk space, and a version number is never
             # reused, so nothing can ever read them as another version.
