@@ -52,11 +52,11 @@ def loaded(data_dir: Path) -> dict[tuple[str, str], Any]:
 
 
 def test_onnx_fp32_scores_equal_pytorch_and_int8_labels_agree(loaded: dict[tuple[str, str], Any]) -> None:
-    torch_out = loaded["classification", "off"].predict(TEXTS, top_k=None)
+    torch_out = loaded["classification", "off"](TEXTS, top_k=None)
     assert isinstance(loaded["classification", "fp32"].model, OrtEncoder)
     assert isinstance(loaded["classification", "int8"].model, OrtEncoder)
     for mode, tolerance in (("fp32", 1e-4), ("int8", 0.02)):
-        onnx_out = loaded["classification", mode].predict(TEXTS, top_k=None)
+        onnx_out = loaded["classification", mode](TEXTS, top_k=None)
         for want, got in zip(torch_out, onnx_out, strict=True):
             assert got[0]["label"] == want[0]["label"], (mode, want, got)
             assert [g["label"] for g in got] == [w["label"] for w in want]
@@ -67,10 +67,10 @@ def test_onnx_fp32_scores_equal_pytorch_and_int8_labels_agree(loaded: dict[tuple
 
 
 def test_onnx_fp32_spans_equal_pytorch_and_int8_spans_agree(loaded: dict[tuple[str, str], Any]) -> None:
-    want = loaded["question-answering", "off"].answer(PAIRS)
+    want = loaded["question-answering", "off"](PAIRS)
     assert len({(a["start"], a["end"]) for a in want}) == len(PAIRS)
     for mode, tolerance in (("fp32", 1e-4), ("int8", 0.02)):
-        got = loaded["question-answering", mode].answer(PAIRS)
+        got = loaded["question-answering", mode](PAIRS)
         assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"])
                                                                       for a in want], mode
         assert [a["score"] for a in got] == pytest.approx([a["score"] for a in want], abs=tolerance), mode
@@ -86,7 +86,7 @@ def test_an_export_is_reused_and_redone_when_the_version_files_change(
     with caplog.at_level(logging.INFO, logger="ftserve.inference"):
         again = _load_predictor("classification", str(version), onnx="fp32", data_dir=data_dir)
     assert "exported" not in caplog.text and "with ONNX Runtime fp32" in caplog.text
-    assert again.predict(TEXTS) == loaded["classification", "fp32"].predict(TEXTS)
+    assert again(TEXTS) == loaded["classification", "fp32"](TEXTS)
 
     # Other files under the same name and number (a version dir is immutable, but the fingerprint does not
     # trust that): a new export, and the old ones are gone. (The exporter itself is tested above; here it copies
@@ -116,5 +116,5 @@ def test_a_model_that_cannot_be_exported_is_served_by_pytorch(
                                     data_dir=data_dir)
     assert not isinstance(predictor.model, OrtEncoder)
     assert "served by torch" in caplog.text and "an op the exporter does not know" in caplog.text
-    assert predictor.answer(PAIRS) == loaded["question-answering", "off"].answer(PAIRS)
+    assert predictor(PAIRS) == loaded["question-answering", "off"](PAIRS)
     assert [p.name for p in (data_dir / "cache" / "qa" / "1" / "onnx").iterdir()] == []  # no half-made export
