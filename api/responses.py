@@ -141,11 +141,12 @@ class LoraMethod(_Out):
     dropout: float
     target_modules: list[str] | None = Field(
         description="The adapted layers; null on a queued job that left them to the architecture's default.")
-    modules_to_save: list[str] | None = Field(
-        default=None, description="On a version: the task head, trained whole and saved with the adapter.")
 
 
-Method = Literal["full"] | LoraMethod
+class AdapterMethod(LoraMethod):
+    """A LoRA adapter version's settings."""
+
+    modules_to_save: list[str] = Field(description="The task head, trained whole and saved with the adapter.")
 
 
 class AdapterBase(_Out):
@@ -169,7 +170,8 @@ class Job(_Out):
     columns: dict[str, str] | None
     hyperparameters: dict[str, Any] | None
     model_name: str | None
-    method: Method | None = Field(description='A training job\'s method: "full" or a LoRA adapter\'s settings.')
+    method: Literal["full"] | LoraMethod | None = Field(
+        description='A training job\'s method: "full" or a LoRA adapter\'s settings.')
     push: dict[str, Any] | None
     license: str | None
     language: list[str] | None
@@ -220,7 +222,8 @@ class ModelVersion(_Out):
     created_at: datetime
     lineage: dict[str, Any] | None
     license: str | None
-    method: Method = Field(description='"full" (every weight) or a LoRA adapter\'s settings.')
+    method: Literal["full"] | AdapterMethod = Field(
+        description='"full" (every weight) or a LoRA adapter\'s settings.')
     base: AdapterBase | None = Field(description="What a LoRA adapter loads on; null for a full version.")
 
 

@@ -31,8 +31,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Model types peft 0.21's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING has no entry for, with the attention
 # projections it uses for their relatives (BERT's query/value): DistilBERT names them q_lin/v_lin.
 EXTRA_TARGETS: dict[str, list[str]] = {"distilbert": ["q_lin", "v_lin"]}
-TASK_TYPES = {"classification": "SEQ_CLS", "question-answering": "QUESTION_ANS",
-              "summarization": "SEQ_2_SEQ_LM", "generation": "CAUSAL_LM"}
+# peft's task types. None (a plain PeftModel, which passes every input through) for the encoder tasks: peft 0.21's
+# PeftModelForSequenceClassification and PeftModelForQuestionAnswering drop `token_type_ids`, so a BERT would train
+# on segment ids other than the ones it is served with (a QA model's question/context ids). Their heads are named
+# in modules_to_save instead of being found by the task type.
+TASK_TYPES: dict[str, str | None] = {"classification": None, "question-answering": None,
+                                     "summarization": "SEQ_2_SEQ_LM", "generation": "CAUSAL_LM"}
 # Tasks whose head is new (or task-specific) and is trained whole and saved with the adapter. The LM heads of
 # summarization and generation are tied to the input embeddings and the vocabulary does not change: the base's
 # head is the right one, and saving it would store the largest matrix of a small model in every adapter.
