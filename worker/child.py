@@ -532,7 +532,7 @@ def main(argv: list[str]) -> int:
 # What a job's process imports before it can train: ~7 s of a CPU, paid by a standby before its job is known.
 PRELOAD = ("torch", "transformers", "datasets", "training.runner", "training.data", "training.tasks.classification",
            "training.tasks.question_answering", "training.tasks.summarization", "training.tasks.generation",
-           "worker.operations")
+           "worker.operations", "peft")  # peft: a LoRA job's (its import is ~2 s of a CPU too)
 PRELOAD_ATTRS = ("Trainer", "Seq2SeqTrainer", "TrainingArguments", "AutoConfig", "AutoTokenizer",
                  "AutoModelForSequenceClassification", "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
                  "AutoModelForCausalLM", "DataCollatorWithPadding")
