@@ -251,13 +251,13 @@ def quiet_event(kind: str, message: str, data: dict[str, Any]) -> None:
 
 
 def qa_predict(model_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    from training.tasks import get_predictor_class
+    from inference.predictors import predictor_class
 
-    predictor = get_predictor_class("question-answering")(model_dir)
+    predictor = predictor_class("question-answering")(model_dir)
     answers: list[str] = []
     for start in range(0, len(rows), EVAL_BATCH):
         chunk = rows[start : start + EVAL_BATCH]
-        answers += [a["answer"] for a in predictor.answer([(r["question"], r["context"]) for r in chunk])]
+        answers += [a["answer"] for a in predictor([(r["question"], r["context"]) for r in chunk])]
     return answers
 
 
@@ -375,9 +375,9 @@ def run_summarization(args: argparse.Namespace) -> Report:
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     from core.hfcache import place_in_cache
+    from inference.predictors import predictor_class
     from tests.tinymodels import build_tiny_t5
     from training.params_file import write_json
-    from training.tasks import get_predictor_class
     from training.text_metrics import ROUGE_TYPES, rouge
 
     task_dir = SHARED_DATA / "summarization"
@@ -417,8 +417,8 @@ def run_summarization(args: argparse.Namespace) -> Report:
 
     def evaluate(model_dir: Path) -> tuple[LossEval, dict[str, float]]:
         loss = token_loss("summarization", model_dir, spec, val_rows)
-        predictor = get_predictor_class("summarization")(model_dir)
-        summaries = predictor.summarize(documents, max_new_tokens=max_new)
+        predictor = predictor_class("summarization")(model_dir)
+        summaries = predictor(documents, max_new_tokens=max_new)
         print(f"    e.g. {summaries[0][:150]!r}", flush=True)
         return loss, rouge(summaries, references)
 

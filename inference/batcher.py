@@ -1,8 +1,8 @@
 """Dynamic batching: requests for one model queue up and share forward passes.
 
 Each request is a list of items and a future. One loop per batcher takes requests in arrival order
-until the batch holds `max_batch_size` items (or, with a `cost` function, `max_cost` padded cost: items ×
-the costliest, e.g. estimated tokens) or the wait has passed since the first one, drops those whose
+until the batch holds `max_batch_size` items (or, with a `cost` function, `max_cost` of what the batch costs:
+e.g. the padded tokens its forward pass computes) or the wait has passed since the first one, drops those whose
 deadline passed or whose client left (no compute for them), and runs the batch function in a thread, off
 the event loop. The wait is `max_wait`, stretched to `wait_fraction` of a batch's measured run time (up to
 `max_wait_cap`): 5 ms means nothing to a 4 s `generate` but lets concurrent callers join it. While a batch
@@ -43,7 +43,7 @@ class _Request:
 class Batcher:
     def __init__(self, fn: BatchFn, *, model: str, max_batch_size: int, max_wait: float, max_queue: int,
                  on_idle: Callable[[], None] | None = None, idle_seconds: float = 60.0,
-                 cost: Callable[[Any], int] | None = None, max_cost: int = 0,
+                 cost: Callable[[list[Any]], int] | None = None, max_cost: int = 0,
                  wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None,
                  also_queued: Callable[[], int] | None = None) -> None:
         self.fn = fn
@@ -103,24 +103,21 @@ class Batcher:
         return min(self.max_wait_cap, max(self.max_wait, self.wait_fraction * self._busy_seconds))
 
     def _take(self) -> list[_Request]:
-        """Requests in arrival order up to max_batch_size items and max_cost padded cost (a request beyond
-        either alone runs alone)."""
+        """Requests in arrival order up to max_batch_size items and max_cost (a request beyond either alone runs
+        alone)."""
         batch: list[_Request] = []
-        size = 0
-        costliest = 0
+        items: list[Any] = []
         while self._queue:
             nxt = self._queue[0]
-            if batch and size + len(nxt.items) > self.max_batch_size:
+            if batch and len(items) + len(nxt.items) > self.max_batch_size:
                 break
-            if self.cost is not None and self.max_cost > 0:
-                costliest_with = max([costliest, *map(self.cost, nxt.items)])
-                if batch and (size + len(nxt.items)) * costliest_with > self.max_cost:
-                    break
-                costliest = costliest_with
+            if batch and self.cost is not None and self.max_cost > 0 and \
+                    self.cost(items + nxt.items) > self.max_cost:
+                break
             self._queue.popleft()
             self._queued_items -= len(nxt.items)
             batch.append(nxt)
-            size += len(nxt.items)
+            items += nxt.items
         metrics.QUEUE_DEPTH.labels(model=self.model).set(self._queued_items)
         return batch
 

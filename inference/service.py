@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
 from inference.continuous import ContinuousGeneration
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
+from inference.predictors import Encoded, Predictor
 from inference.streaming import StreamGate, Ticket, TokenSink, run_stream
 from registry import stamp, versions
 from registry.access import EVERYONE, Viewer
@@ -28,17 +30,18 @@ _RESOLVED_MAX = 4096
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0) -> Any:
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0) -> Predictor:
     from pathlib import Path
 
     import torch
 
-    from training.tasks import get_predictor_class
+    from inference.predictors import predictor_class
 
     size_torch_threads(torch_threads)  # before the first forward; cheap once set
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = get_predictor_class(task)(Path(path), device=device)
+    predictor = predictor_class(task)(Path(path), device=device)
+    predictor.warm_up()  # before request threads tokenize with it at once
     if device == "cuda":
         # Half precision on the GPU: bf16 where the card supports it (no overflow), fp16 otherwise.
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -48,16 +51,6 @@ def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_
         predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
         log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
     return predictor
-
-
-def estimated_tokens(item: Any) -> int:
-    """A cheap token count for batch budgets, without the tokenizer: ~4 characters per token (English BPE and
-    WordPiece), plus special tokens. A (question, context) pair counts both."""
-    if isinstance(item, str):
-        return len(item) // 4 + 2
-    if isinstance(item, tuple | list):
-        return sum(estimated_tokens(x) for x in item)
-    return 1
 
 
 @dataclass(frozen=True)
@@ -71,14 +64,6 @@ class Resolved:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-
-
-def generation_cost(item: tuple[str, int]) -> int:
-    """A prompt and its max_new_tokens: the positions its row of a `generate` batch may fill."""
-    return estimated_tokens(item[0]) + item[1]
-
-# The forward passes of /classify and /answer: one short pass per batch, so they never wait for a batch to fill.
-ZERO_WAIT_METHODS = frozenset({"predict", "answer"})
 
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
@@ -122,10 +107,10 @@ class InferenceService:
             mv = versions.resolve_for_task(s, ref, task, viewer)
             return Resolved(mv.name, mv.version, mv.task, mv.path)
 
-    def _call(self, resolved: Resolved, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, resolved: Resolved, fn: Callable[[Predictor], Any]) -> Any:
         with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path,
                             timeout=self.settings.request_timeout_seconds) as predictor:
-            return getattr(predictor, method)(*args, **kwargs)
+            return fn(predictor)
 
     def _forget(self, key: tuple[str, str, str]) -> None:
         """An idle batcher goes (one per seed would pile up); its model's thread goes with the last of them."""
@@ -165,15 +150,14 @@ class InferenceService:
         if self.settings.continuous_batching:
             return await self.continuous.open_stream(resolved.ref, resolved.task, resolved.path, prompt,
                                                      timeout=timeout, **params)
-        await anyio.to_thread.run_sync(lambda: self._call(resolved, "check_prompts", [prompt],
-                                                          max_new_tokens=params.get("max_new_tokens", 64)))
+        await anyio.to_thread.run_sync(lambda: self._call(resolved, lambda p: p.check_prompts(
+            [prompt], max_new_tokens=params.get("max_new_tokens", 64))))
         gate = self._streams.get(resolved.ref)
         if gate is None:
             gate = self._streams[resolved.ref] = StreamGate(
                 model=resolved.ref, running=self.settings.max_streams_per_model,
                 on_idle=lambda: self._streams.pop(resolved.ref, None))
-        queued = sum(b.depth for k, b in self._batchers.items() if k[0] == resolved.ref)
-        ticket = gate.admit(queued_elsewhere=queued, max_queue=self.settings.max_queue_items)
+        ticket = gate.admit(queued_elsewhere=self.queued(resolved.ref), max_queue=self.settings.max_queue_items)
 
         def on_cancel(tokens: int) -> None:
             GENERATIONS_CANCELLED.labels(model=resolved.ref).inc()
@@ -188,9 +172,19 @@ class InferenceService:
         return Ticketed(run_stream(ticket, generate, stops=params.get("stop"), timeout=timeout,
                                    is_disconnected=is_disconnected), ticket)
 
-    def _batcher(self, resolved: Resolved, method: str, params: dict[str, Any]) -> Batcher:
-        """One batcher per model version, method and parameters: only requests that can share a call do."""
-        key = (resolved.ref, method, json.dumps(params, sort_keys=True, default=str))
+    def queued(self, ref: str) -> int:
+        """Inputs waiting in the batchers of model version `ref`."""
+        return sum(b.depth for k, b in self._batchers.items() if k[0] == ref)
+
+    def _encode(self, resolved: Resolved, items: list[Any], params: dict[str, Any], timeout: float
+                ) -> tuple[type[Predictor], list[Encoded]]:
+        with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout) as predictor:
+            return type(predictor), predictor.encode(items, **params)
+
+    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any]) -> Batcher:
+        """One batcher per model version and parameters (those `predict` reads): only requests that can share a
+        call do."""
+        key = (resolved.ref, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
             executor = self._executors.get(resolved.ref)
@@ -200,36 +194,37 @@ class InferenceService:
             # Encoders batch with no wait (as TEI does): an idle model runs a request at once, and under load a
             # batch is what queued while the previous forward ran. Generation waits a little (FTSERVE_MAX_BATCH_
             # WAIT_MS, stretched with its run time) so that concurrent calls can share one `generate`.
-            zero_wait = method in ZERO_WAIT_METHODS
+            zero_wait = kind.zero_wait
             batcher = Batcher(
-                lambda items: self._call(resolved, method, items, **params), model=resolved.ref, executor=executor,
+                lambda items: self._call(resolved, lambda p: p.predict(items, **params)), model=resolved.ref,
+                executor=executor,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._forget(key),
-                cost=generation_cost if method == "generate" else estimated_tokens,
+                cost=lambda items: kind.padded_tokens(items, **params),
                 max_cost=self.settings.max_batch_tokens,
                 also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
             )
             self._batchers[key] = batcher
         return batcher
 
-    async def run(self, resolved: Resolved, method: str, items: list[Any], *,
+    async def run(self, resolved: Resolved, items: list[Any], *,
                   is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
                   **params: Any) -> list[Any]:
         """Run `items` through the batcher of `resolved` (resolved once, before: an alias moved later does not
         affect this request); one result per item."""
-        if method == "generate" and self.settings.continuous_batching:
+        timeout = timeout or self.settings.request_timeout_seconds
+        if resolved.task == "generation" and self.settings.continuous_batching:
             return await self.continuous.generate(
                 resolved.ref, resolved.task, resolved.path, items, is_disconnected=is_disconnected,
-                timeout=timeout or self.settings.request_timeout_seconds, **params)
-        if method == "generate":
-            # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
-            params = dict(params)
-            budget = int(params.pop("max_new_tokens", 64))
-            items = [(item, budget) for item in items]
-        batcher = self._batcher(resolved, method, params)
-        return await batcher.submit(items, timeout=timeout or self.settings.request_timeout_seconds,
+                timeout=timeout, **params)
+        deadline = time.monotonic() + timeout
+        # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
+        # these real tokens, the forward pass reads them, and requests tokenize in parallel with the forward passes.
+        kind, encoded = await anyio.to_thread.run_sync(self._encode, resolved, items, params, timeout)
+        batcher = self._batcher(resolved, kind, kind.batch_params(params))
+        return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
                                     is_disconnected=is_disconnected)
 
 

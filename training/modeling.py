@@ -58,3 +58,10 @@ def effective_max_length(tokenizer: Any, requested: int) -> int:
     if isinstance(limit, int) and 0 < limit < 1_000_000:
         return min(requested, limit)
     return requested
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """GPT-2 has no pad token; padding is only used for batching and is masked, so EOS serves (training and
+    serving alike)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token

@@ -1,6 +1,7 @@
 """Extractive-QA post-processing: turn per-token start/end logits into character spans of the context.
 
-Numpy only (no torch, no transformers), so evaluation and serving share the same code. Mirrors the idea of
+Numpy only (no torch, no transformers: `encode_windows` calls the tokenizer it is given), so evaluation and
+serving share the same code. Mirrors the idea of
 transformers' ``examples/pytorch/question-answering/utils_qa.py::postprocess_qa_predictions`` with a
 well-defined score:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +68,17 @@ def window_from_encoding(
         (int(o[0]), int(o[1])) if sid == 1 else None for o, sid in zip(offset_mapping, sequence_ids, strict=True)
     ]
     return Window(example_index=example_index, offsets=offsets)
+
+
+def encode_windows(tokenizer: Any, questions: Sequence[str], contexts: Sequence[str], *, max_length: int,
+                   stride: int) -> Any:
+    """(question, context) pairs tokenized into windows of `max_length` tokens overlapping by `stride` (only the
+    context is cut), with the offsets and `overflow_to_sample_mapping` that :func:`window_from_encoding` reads:
+    training and serving read a context the same way."""
+    return tokenizer(
+        [q.lstrip() for q in questions], list(contexts), truncation="only_second", max_length=max_length,
+        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+    )
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

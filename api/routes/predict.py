@@ -53,7 +53,7 @@ def _timeout(request: Request, default: float) -> float:
 
 
 async def _run(endpoint: str, request: Request, service: InferenceService, viewer: Viewer, ref: str | None,
-               task: str, method: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
+               task: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
     """Resolve among the models the caller may use, run through the model's batcher, and record the request in
     /metrics — labelled with the resolved version only: a label per made-up model name would grow /metrics
     without bound."""
@@ -62,7 +62,7 @@ async def _run(endpoint: str, request: Request, service: InferenceService, viewe
     try:
         resolved = await service.resolve_async(ref, task, viewer)
         model = resolved.ref
-        results = await service.run(resolved, method, items, is_disconnected=request.is_disconnected,
+        results = await service.run(resolved, items, is_disconnected=request.is_disconnected,
                                     timeout=_timeout(request, service.settings.request_timeout_seconds), **params)
         return model, results
     except BaseException as exc:
@@ -83,7 +83,7 @@ async def classify(body: ClassifyRequest, request: Request, service: InferenceDe
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
     # Every label ranked in the batch, cut to this request's top_k here: requests with any top_k share batches.
-    ref, ranked = await _run("/classify", request, service, viewer, body.model, "classification", "predict",
+    ref, ranked = await _run("/classify", request, service, viewer, body.model, "classification",
                              texts, top_k=None)
     return {"model": ref, "predictions": [r[: body.top_k] if body.top_k else r for r in ranked]}
 
@@ -98,7 +98,7 @@ async def answer(body: AnswerRequest, request: Request, service: InferenceDep, s
     _check_sizes([i.context + i.question for i in items], max_items=settings.max_inputs_per_request,
                  max_chars=settings.max_input_chars)
     pairs = [(i.question, i.context) for i in items]
-    ref, answers = await _run("/answer", request, service, viewer, body.model, "question-answering", "answer",
+    ref, answers = await _run("/answer", request, service, viewer, body.model, "question-answering",
                               pairs)
     return {"model": ref, "answers": answers}
 
@@ -113,7 +113,7 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
     if body.min_new_tokens > body.max_new_tokens:
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     ref, summaries = await _run(
-        "/summarize", request, service, viewer, body.model, "summarization", "summarize", texts,
+        "/summarize", request, service, viewer, body.model, "summarization", texts,
         max_new_tokens=body.max_new_tokens,
         min_new_tokens=body.min_new_tokens, num_beams=body.num_beams, length_penalty=body.length_penalty,
         no_repeat_ngram_size=body.no_repeat_ngram_size,
@@ -139,7 +139,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     params = body.generation_params()
     if not body.stream:
-        ref, generations = await _run("/generate", request, service, viewer, body.model, "generation", "generate",
+        ref, generations = await _run("/generate", request, service, viewer, body.model, "generation",
                                       prompts, **params)
         return {"model": ref, "generations": generations}
 

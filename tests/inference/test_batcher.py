@@ -58,7 +58,7 @@ def test_the_token_budget_counts_padded_cost_and_a_costly_request_still_runs_alo
     async def main() -> None:
         model = Model()
         model.gate.clear()  # hold the first batch so that the rest queue up behind it
-        b = batcher(model, max_batch_size=32, cost=len, max_cost=40)
+        b = batcher(model, max_batch_size=32, cost=lambda items: len(items) * max(map(len, items)), max_cost=40)
         first = asyncio.ensure_future(b.submit(["warm"], timeout=5))
         await asyncio.sleep(0)
         while b.depth:  # until the loop has taken "warm" (its batch then blocks on the gate)

@@ -14,8 +14,8 @@ import pytest
 from core.errors import RateLimited
 from core.hfcache import cache_repo_dir
 from inference.decode import DecodeLoop, Request
+from inference.predictors.generation import GenerationPredictor
 from tests.tiny_gpt2 import TINY_GPT2
-from training.tasks.generation import GenerationPredictor
 
 SENTENCE = ("the king spoke to the queen of the north and then walked slowly along the old stone road toward "
             "the river where the boats were waiting in the morning light")

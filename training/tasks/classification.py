@@ -190,37 +190,3 @@ def _compute_metrics(pred: Any) -> dict[str, float]:
     y_pred = np.argmax(logits, axis=-1)
     return {"accuracy": accuracy(pred.label_ids, y_pred), "f1_macro": f1_macro(pred.label_ids, y_pred)}
 
-
-class ClassificationPredictor:
-    """A list of texts in, a list of ranked label lists out."""
-
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        from transformers import AutoModelForSequenceClassification
-
-        from training.modeling import load_model, load_tokenizer
-        from training.params_file import read_training_params
-
-        self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = load_model(AutoModelForSequenceClassification, str(model_dir)).to(device).eval()
-        self.device = device
-        params = read_training_params(model_dir)
-        self.max_length = int(params.get("serving", {}).get("max_length", 512))
-        self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
-
-    def predict(self, texts: list[str], *, top_k: int | None = 1) -> list[list[dict[str, Any]]]:
-        import torch
-
-        from training.batching import grouped_forward
-
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        probs = np.empty((len(texts), len(self.id2label)), dtype=np.float32)
-        # Similar lengths forward together: padding to the longest of a mixed batch doubles the compute.
-        with torch.inference_mode():
-            for group, out in grouped_forward(self.tokenizer, self.model, enc, self.device):
-                probs[group] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-        k = probs.shape[1] if top_k is None else min(top_k, probs.shape[1])
-        out = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            out.append([{"label": self.id2label[int(i)], "score": float(row[i])} for i in order])
-        return out

@@ -2,7 +2,8 @@
 
 Long contexts are read in overlapping windows (`max_length`, `doc_stride`); answers are mapped from
 characters to token positions for training, and back through offsets by the shared numpy
-post-processing (training/qa_postprocess.py) for evaluation and serving alike.
+post-processing (training/qa_postprocess.py) for evaluation and serving alike
+(inference/predictors/question_answering.py).
 
 Malformed rows (an answer that does not occur at its `answer_start`) are rejected with their row
 numbers rather than dropped: silently training on fewer rows hides a broken export.
@@ -11,15 +12,13 @@ numbers rather than dropped: silently training on fewer rows hides a broken expo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import ValidationFailed
 from registry.datafiles import DatasetProfile
-from training.batching import grouped_forward
-from training.qa_postprocess import Window, best_spans, window_from_encoding
+from training.qa_postprocess import Window, best_spans, encode_windows, window_from_encoding
 from training.spec import CommonParams, QuestionAnsweringParams
 from training.tasks.base import EventFn, Prepared, Task
 from training.text_metrics import squad_metrics
@@ -39,13 +38,6 @@ def _answers(value: Any) -> tuple[list[str], list[int]] | None:
     if not all(isinstance(t, str) for t in texts) or not all(isinstance(s, int) for s in starts):
         return None
     return texts, starts
-
-
-def _windows(tokenizer: Any, questions: list[str], contexts: list[str], *, max_length: int, stride: int) -> Any:
-    return tokenizer(
-        [q.lstrip() for q in questions], contexts, truncation="only_second", max_length=max_length, stride=stride,
-        return_overflowing_tokens=True, return_offsets_mapping=True,
-    )
 
 
 class QuestionAnsweringTask(Task):
@@ -110,7 +102,7 @@ class QuestionAnsweringTask(Task):
         model = load_model(AutoModelForQuestionAnswering, model_source)
 
         def encode(rows: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], list[Window]]:
-            enc = _windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows],
+            enc = encode_windows(tokenizer, [r["question"] for r in rows], [r["context"] for r in rows],
                            max_length=max_length, stride=params.doc_stride)
             starts: list[int] = []
             ends: list[int] = []
@@ -169,42 +161,3 @@ class QuestionAnsweringTask(Task):
                        "points at the first token ([CLS]); evaluation compares against every listed answer",
         }
 
-
-class QuestionAnsweringPredictor:
-    """(question, context) pairs in, best spans out: {"answer", "score", "start", "end"}."""
-
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        from transformers import AutoModelForQuestionAnswering
-
-        from training.modeling import load_model, load_tokenizer
-        from training.params_file import read_training_params
-
-        self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = load_model(AutoModelForQuestionAnswering, str(model_dir)).to(device).eval()
-        self.device = device
-        serving = read_training_params(model_dir).get("serving", {})
-        self.max_length = int(serving.get("max_length", 384))
-        self.doc_stride = int(serving.get("doc_stride", 128))
-        self.max_answer_length = int(serving.get("max_answer_length", 30))
-
-    def answer(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        import torch
-
-        questions = [q for q, _ in pairs]
-        contexts = [c for _, c in pairs]
-        enc = _windows(self.tokenizer, questions, contexts, max_length=self.max_length, stride=self.doc_stride)
-        windows = [window_from_encoding(int(enc["overflow_to_sample_mapping"][i]), offsets, enc.sequence_ids(i))
-                   for i, offsets in enumerate(enc["offset_mapping"])]
-        features = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        start_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
-        end_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
-        # Windows of similar length forward together (rows come back ragged; post-processing reads each
-        # window's own positions only).
-        with torch.inference_mode():
-            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device):
-                starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-                for row, i in enumerate(group):
-                    start_logits[i], end_logits[i] = starts[row], ends[row]
-        spans = best_spans(contexts=contexts, windows=windows, start_logits=start_logits, end_logits=end_logits,
-                           max_answer_length=self.max_answer_length)
-        return [{"answer": s.answer, "score": s.score, "start": s.start, "end": s.end} for s in spans]

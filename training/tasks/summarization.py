@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 T5_PREFIX = "summarize: "
-# Generation in the predictor runs in slices of this many texts: memory stays bounded for large requests.
-PREDICT_BATCH = 16
 
 
 def resolve_prefix(params: SummarizationParams, model_type: str | None, model_source: str) -> str:
@@ -188,51 +186,3 @@ class SummarizationTask(Task):
                        "the loss) (DataCollatorForSeq2Seq)",
         }
 
-
-class SummarizationPredictor:
-    """A list of documents in, a list of summaries out; deterministic (greedy or beam search)."""
-
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        from transformers import AutoModelForSeq2SeqLM
-
-        from training.modeling import load_model, load_tokenizer
-        from training.params_file import read_training_params
-
-        self.tokenizer = load_tokenizer(str(model_dir))
-        # Encoder inputs padded on the right keep every real token's position: batched equals unbatched.
-        self.tokenizer.padding_side = "right"
-        self.model = load_model(AutoModelForSeq2SeqLM, str(model_dir)).to(device).eval()
-        self.device = device
-        serving = read_training_params(model_dir).get("serving", {})
-        self.prefix = str(serving.get("prefix") or "")
-        self.max_length = int(serving.get("max_length", 512))
-
-    def summarize(
-        self,
-        texts: list[str],
-        *,
-        max_new_tokens: int,
-        min_new_tokens: int = 0,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-    ) -> list[str]:
-        import torch
-
-        out: list[str] = []
-        for start in range(0, len(texts), PREDICT_BATCH):
-            chunk = [self.prefix + t for t in texts[start:start + PREDICT_BATCH]]
-            enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="pt")
-            with torch.inference_mode():
-                generated = self.model.generate(
-                    **{k: v.to(self.device) for k, v in enc.items()},
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=min_new_tokens,
-                    num_beams=num_beams,
-                    length_penalty=length_penalty,
-                    no_repeat_ngram_size=no_repeat_ngram_size,
-                    do_sample=False,
-                )
-            out += [s.strip() for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
-        return out

@@ -36,6 +36,12 @@ def length_groups(lengths: Sequence[int], *, max_waste: float = 0.2, min_tokens:
     return groups
 
 
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """The tokens a `grouped_forward` over rows of these lengths computes, padding included: each group's rows ×
+    its longest row."""
+    return sum(len(group) * max(lengths[i] for i in group) for group in length_groups(lengths))
+
+
 def grouped_forward(tokenizer: Any, model: Any, features: Mapping[str, Sequence[Sequence[int]]], device: str
                     ) -> Iterator[tuple[list[int], Any]]:
     """Run `model` on unpadded tokenizer `features` in `length_groups`; yields (the group's indices, the model's

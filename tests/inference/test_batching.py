@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from training.batching import length_groups
+from inference.batching import length_groups
 
 
 def _padded(lengths: list[int], group: list[int]) -> int:

@@ -1,0 +1,112 @@
+"""The one shape of a serving predictor.
+
+A predictor is one loaded model version. Every task's predictor is called the same way: `encode(inputs, **params)`
+turns a request's inputs into what the model reads (tokenized once), and `predict(encoded, **params)` runs a batch
+of encoded inputs — possibly from many requests — through the model and gives one result per input. Calling the
+predictor does both (`predictor(inputs, **params)`). The batcher keys batches by the parameters that reach
+`predict`; those in `input_params` travel with each encoded input instead, so requests that differ only there
+still share a batch.
+
+`model` stays a plain attribute that is called as `model(**features)` (or `model.generate(...)`), so the service
+may replace it after loading (half precision on a GPU, int8, another runtime).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+# The tokenizer outputs a forward pass reads (offsets and overflow mappings are for post-processing only).
+FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(eq=False)
+class Encoded:
+    """One request input as the model reads it: its rows of token features (one row; one per window for a long QA
+    context) and what turning the model's output back into a result needs (`meta`)."""
+
+    rows: list[dict[str, list[int]]]
+    meta: Any = None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(row["input_ids"]) for row in self.rows]
+
+
+def one_row_each(enc: Any, count: int) -> list[Encoded]:
+    """A tokenizer's output for `count` texts as `count` one-row inputs."""
+    keys = [k for k in FEATURES if k in enc]
+    return [Encoded([{k: enc[k][i] for k in keys}]) for i in range(count)]
+
+
+def features_of(encoded: Sequence[Encoded]) -> tuple[dict[str, list[list[int]]], list[int]]:
+    """The rows of `encoded` as unpadded tokenizer features ({name: [row, …]}), and for each row the index of the
+    input it belongs to."""
+    keys = [k for k in FEATURES if encoded and encoded[0].rows and k in encoded[0].rows[0]]
+    features: dict[str, list[list[int]]] = {k: [] for k in keys}
+    owners: list[int] = []
+    for index, item in enumerate(encoded):
+        for row in item.rows:
+            for k in keys:
+                features[k].append(row[k])
+            owners.append(index)
+    return features, owners
+
+
+class Predictor(ABC):
+    """A loaded model version: its tokenizer, its model (on `device`, in eval mode) and the serving parameters that
+    training chose (`training_params.json`'s "serving")."""
+
+    task: ClassVar[str]
+    auto_class: ClassVar[str]  # the transformers Auto class the model loads with
+    # One short forward per batch (encoders): a batch never waits to fill; it is what queued while the last ran.
+    zero_wait: ClassVar[bool] = False
+    # Request parameters that `encode` attaches to each input rather than `predict` reading them for the batch.
+    input_params: ClassVar[frozenset[str]] = frozenset()
+
+    sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
+        import transformers
+
+        from training.modeling import load_model, load_tokenizer
+        from training.params_file import read_training_params
+
+        self.device = device
+        self.tokenizer = load_tokenizer(str(model_dir))
+        self.model = load_model(getattr(transformers, self.auto_class), str(model_dir)).to(device).eval()
+        self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
+
+    def warm_up(self) -> None:
+        """One encode before serving: it sets the fast tokenizer's truncation and padding state, which every later
+        encode then only reads. Request threads encode at once, and changing that state while another thread
+        encodes with it fails ("Already borrowed")."""
+        self.encode([self.sample_input])
+
+    @abstractmethod
+    def encode(self, inputs: Sequence[Any], **params: Any) -> list[Encoded]:
+        """The request's inputs tokenized, one `Encoded` per input; raises ValidationFailed for an input the model
+        cannot take."""
+
+    @abstractmethod
+    def predict(self, encoded: Sequence[Encoded], **params: Any) -> list[Any]:
+        """One result per encoded input (the inputs of several requests, batched)."""
+
+    @classmethod
+    def padded_tokens(cls, encoded: Sequence[Encoded], **params: Any) -> int:
+        """The tokens `predict(encoded, **params)` computes, padding included: what FTSERVE_MAX_BATCH_TOKENS bounds.
+        Encoders forward every row (a QA window is a row) in length groups (inference/batching.py)."""
+        from inference.batching import padded_tokens
+
+        return padded_tokens([n for item in encoded for n in item.lengths])
+
+    @classmethod
+    def batch_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The request parameters that `predict` reads (those not in `input_params`)."""
+        return {k: v for k, v in params.items() if k not in cls.input_params}
+
+    def __call__(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
+        return self.predict(self.encode(inputs, **params), **self.batch_params(params))
