@@ -15,8 +15,9 @@ import anyio
 
 from core.cpus import size_torch_threads
 from core.settings import Settings
+from inference.adapters import ServingCache, predict_on_base
 from inference.batcher import Batcher
-from inference.cache import LOAD_LOCK, ModelCache
+from inference.cache import LOAD_LOCK
 from inference.continuous import ContinuousGeneration
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from inference.predictors import Encoded, Predictor
@@ -68,14 +69,15 @@ class Resolved:
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cache = ModelCache(capacity=settings.model_cache_size,
-                                loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
-                                               torch_threads=settings.torch_threads),
-                                max_bytes=settings.model_cache_mb * 1024 * 1024)
-        # One forward thread per loaded model: one forward at a time (interleaving gains nothing on shared cores
-        # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
-        # waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
+        # Full versions and LoRA adapter versions (on shared bases), each in an LRU cache of its own.
+        self.cache = ServingCache(settings, load_full=partial(_load_predictor, quantize_int8=settings.quantize_int8,
+                                                              torch_threads=settings.torch_threads))
+        # One forward thread per loaded model (per shared base for adapters): one forward at a time (interleaving
+        # gains nothing on shared cores and costs memory), and always the same thread, so torch keeps one OpenMP
+        # team per model instead of waking a fresh one for each batch (10-20% of a small model's throughput when
+        # threads rotate).
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._groups: dict[str, str] = {}  # an adapter version's ref → the batches of its base it joins
         # (viewer, ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py):
         # per viewer, because a bare name or no name at all resolves among the caller's models.
         self._resolved: dict[tuple[Viewer, str | None, str], Resolved] = {}
@@ -173,30 +175,47 @@ class InferenceService:
                                    is_disconnected=is_disconnected), ticket)
 
     def queued(self, ref: str) -> int:
-        """Inputs waiting in the batchers of model version `ref`."""
-        return sum(b.depth for k, b in self._batchers.items() if k[0] == ref)
+        """Inputs waiting in the batchers of model version `ref` (of its base, for an adapter version)."""
+        group = self._groups.get(ref, ref)
+        return sum(b.depth for k, b in self._batchers.items() if k[0] == group)
 
     def _encode(self, resolved: Resolved, items: list[Any], params: dict[str, Any], timeout: float
-                ) -> tuple[type[Predictor], list[Encoded]]:
-        with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout) as predictor:
-            return type(predictor), predictor.encode(items, **params)
+                ) -> tuple[type[Predictor], list[Encoded], str | None]:
+        """The predictor's kind, the encoded items and, for an adapter version, the batches of its base that they
+        join (its predictor then stays pinned: the caller releases it once its results are back)."""
+        predictor = self.cache.acquire(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout)
+        group = None
+        try:
+            group = self.cache.group(resolved.task, resolved.path)
+            encoded = predictor.encode(items, **params)
+            for item in encoded:
+                item.source = predictor  # in a batch of several adapters' inputs, each runs with its own
+        finally:
+            if group is None:  # a full version is pinned again by its batch; an adapter stays pinned till then
+                self.cache.release(resolved.ref)
+        if group is not None:
+            self._groups[resolved.ref] = group
+        return type(predictor), encoded, group
 
-    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any]) -> Batcher:
+    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None
+                 ) -> Batcher:
         """One batcher per model version and parameters (those `predict` reads): only requests that can share a
-        call do."""
-        key = (resolved.ref, json.dumps(params, sort_keys=True, default=str))
+        call do. The adapter versions of one base share its batchers (`group`): their requests share forward
+        passes."""
+        name = group or resolved.ref
+        key = (name, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
-            executor = self._executors.get(resolved.ref)
+            executor = self._executors.get(name)
             if executor is None:
-                executor = self._executors[resolved.ref] = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"forward-{resolved.ref}")
+                executor = self._executors[name] = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{name}")
             # Encoders batch with no wait (as TEI does): an idle model runs a request at once, and under load a
             # batch is what queued while the previous forward ran. Generation waits a little (FTSERVE_MAX_BATCH_
             # WAIT_MS, stretched with its run time) so that concurrent calls can share one `generate`.
             zero_wait = kind.zero_wait
             batcher = Batcher(
-                lambda items: self._call(resolved, lambda p: p.predict(items, **params)), model=resolved.ref,
+                (lambda items: predict_on_base(items, params)) if group is not None
+                else (lambda items: self._call(resolved, lambda p: p.predict(items, **params))), model=name,
                 executor=executor,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
@@ -204,7 +223,8 @@ class InferenceService:
                 max_queue=self.settings.max_queue_items, on_idle=lambda: self._forget(key),
                 cost=lambda items: kind.padded_tokens(items, **params),
                 max_cost=self.settings.max_batch_tokens,
-                also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
+                also_queued=lambda: sum(gate.waiting for ref, gate in self._streams.items()
+                                        if self._groups.get(ref, ref) == name),
             )
             self._batchers[key] = batcher
         return batcher
@@ -222,10 +242,14 @@ class InferenceService:
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
         # these real tokens, the forward pass reads them, and requests tokenize in parallel with the forward passes.
-        kind, encoded = await anyio.to_thread.run_sync(self._encode, resolved, items, params, timeout)
-        batcher = self._batcher(resolved, kind, kind.batch_params(params))
-        return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
-                                    is_disconnected=is_disconnected)
+        kind, encoded, group = await anyio.to_thread.run_sync(self._encode, resolved, items, params, timeout)
+        try:
+            batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
+            return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
+                                        is_disconnected=is_disconnected)
+        finally:
+            if group is not None:  # the adapter was kept loaded (pinned) from its encoding until now
+                self.cache.release(resolved.ref)
 
 
 class Ticketed:

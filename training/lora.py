@@ -236,30 +236,37 @@ def base_source(adapter_dir: Path) -> tuple[str, str | None]:
     raise UserError("the adapter's training_params.json does not say which base model it was trained on")
 
 
-def _typed(overrides: dict[str, Any]) -> dict[str, Any]:
+def typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """training_params.json's `model_config` as `from_pretrained` takes it."""
     out = dict(overrides)
     if isinstance(out.get("id2label"), dict):  # JSON made the ids strings
         out["id2label"] = {int(k): v for k, v in out["id2label"].items()}
     return out
 
 
-def load_adapter(auto_class: Any, adapter_dir: Path, *, merge: bool = True, **kwargs: Any) -> Any:
+def load_adapter(auto_class: Any, adapter_dir: Path, *, merge: bool = True, adapter_name: str = "default",
+                 **kwargs: Any) -> Any:
     """The task model of an adapter folder: its base loaded with the task's config values, the adapter (and
-    head) on top; merged into plain weights unless `merge` is false (then a peft model)."""
+    head) on top; merged into plain weights unless `merge` is false (then a peft model, the adapter named
+    `adapter_name`)."""
     from peft import PeftModel
 
     from training.modeling import load_model
 
     adapter = read_training_params(adapter_dir).get("adapter") or {}
     source, revision = base_source(adapter_dir)
-    extra = {"revision": revision} if revision else {}
-    base = load_model(auto_class, source, **_typed(adapter.get("model_config") or {}), **extra, **kwargs)
+    extra: dict[str, Any] = {"revision": revision} if revision else {}
+    if "id2label" in (adapter.get("model_config") or {}):
+        # A classifier base of another label count (its head re-created for this adapter): the base's head is
+        # replaced by the adapter's own (modules_to_save), so its shape may differ.
+        extra["ignore_mismatched_sizes"] = True
+    base = load_model(auto_class, source, **typed_overrides(adapter.get("model_config") or {}), **extra, **kwargs)
     if (adapter_dir / "generation_config.json").is_file():
         from transformers import GenerationConfig
 
         base.generation_config = GenerationConfig.from_pretrained(str(adapter_dir))
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"could not load the LoRA adapter on its base: {type(exc).__name__}: {exc}") from exc
     return model.merge_and_unload() if merge else model
