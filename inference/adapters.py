@@ -336,3 +336,39 @@ class ServingCache:
             metrics.LOADED_BASES.set(len(self.bases))
             log.info("unloaded the base %s: none of its adapters is loaded", base.spec.label)
 
+
+def write_merged(folder: Path, out: Path, *, task: str, name: str, version: int) -> Path:
+    """A full version folder made of adapter version `name:version` (in `folder`), for `…/archive?merged=true`: its
+    base with the adapter merged in (`merge_and_unload`; safetensors weights and config as `save_pretrained` writes
+    them, the generation config of a seq2seq or causal LM), its tokenizer, training_params.json (`method` "full", the
+    adapter in `merged_from`), metrics.json and a model card that names the base. Served or imported, it answers
+    as the adapter version does. Returns `out`."""
+    import shutil
+
+    import transformers
+
+    from inference.predictors import predictor_class
+    from training.lora import load_adapter
+    from training.model_card import write_card
+    from training.modeling import load_tokenizer
+    from training.params_file import read_training_params, write_json
+
+    auto_class = getattr(transformers, predictor_class(task).auto_class)
+    with LOAD_LOCK:  # from_pretrained patches process-global torch state while it builds (see inference/cache.py)
+        model = load_adapter(auto_class, folder, merge=True)
+    out.mkdir(parents=True)
+    model.save_pretrained(str(out))
+    del model
+    load_tokenizer(str(folder)).save_pretrained(str(out))
+    params = read_training_params(folder)
+    adapter = params.pop("adapter", None) or {}
+    params["method"] = "full"
+    params["merged_from"] = {"version": f"{name}:{version}",
+                             **{k: v for k, v in adapter.items() if k != "model_config"}}
+    write_json(out / "training_params.json", params)
+    metrics_file = folder / "metrics.json"
+    metrics_ = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    if metrics_file.is_file():
+        shutil.copy(metrics_file, out / "metrics.json")
+    write_card(out, name=name, version=version, task=task, metrics=metrics_)
+    return out

@@ -171,6 +171,9 @@ class _Card:
         # An adapter only runs on the very model it was trained on: the front matter names it only when that is a
         # hub model (a registered base version is not on the Hub).
         self.adapter_hub: str | None = adapter_base.get("hub") if isinstance(adapter_base.get("hub"), str) else None
+        # A full model exported from an adapter version with its adapter merged in (`…/archive?merged=true`).
+        merged = params.get("merged_from")
+        self.merged_from: dict[str, Any] | None = merged if isinstance(merged, dict) else None
         self.license = str(params.get("license") or "other")
         self.license_source = str(params.get("license_source") or "unknown")
         language = params.get("language")
@@ -182,6 +185,8 @@ class _Card:
         from huggingface_hub import ModelCardData
 
         tags = ["ftserve", self.task]
+        if self.merged_from is not None:
+            tags += ["lora", "merged"]
         if self.adapter is not None:
             tags += ["peft", "lora"] + ([f"base_model:adapter:{self.adapter_hub}"] if self.adapter_hub else [])
         return ModelCardData(
@@ -290,6 +295,14 @@ class _Card:
         if self.adapter is not None:
             lines = [f"{article} {task} **LoRA adapter**, `{self.ref}`, trained with ftserve (peft) on {origin}.", "",
                      *self._adapter_facts(), ""]
+        elif self.merged_from is not None:
+            merged = self.merged_from
+            lines = [f"{article} {task} model: the LoRA adapter `{merged.get('version') or self.ref}`, trained with "
+                     f"ftserve (peft) on {origin}, merged into its base's weights (`merge_and_unload`). This folder "
+                     "holds every weight and loads as a plain `transformers` model; the adapter alone is the "
+                     "version's own archive.", "",
+                     f"- Rank `r`: {_code(merged.get('r'))}; `alpha`: {_code(merged.get('alpha'))}; adapted layers "
+                     f"(`target_modules`): {', '.join(_code(t) for t in merged.get('target_modules') or [])}.", ""]
         else:
             lines = [f"{article} {task} model, `{self.ref}`, fine-tuned with ftserve from {origin}.", ""]
         if self.license_source == "unknown":
