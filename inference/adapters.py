@@ -46,6 +46,9 @@ MB = 1024 * 1024
 # differ only there share it.
 _LABEL_KEYS = frozenset({"id2label", "label2id", "problem_type", "finetuning_task"})
 _GENERATION_NOISE = frozenset({"transformers_version", "_from_model_config"})
+# The files of an adapter version's folder that are not its tokenizer's.
+_NOT_TOKENIZER = frozenset({"adapter_model.safetensors", "adapter_config.json", "training_params.json", "metrics.json",
+                            "README.md", "generation_config.json"})
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class SharedBase:
         self.spec, self.model, self.device = spec, model, device
         self.lock = threading.RLock()
         self.adapters: set[str] = {first}
+        self.tokenizers: dict[str, Any] = {}  # see `tokenizer`; changed under LOAD_LOCK (loads are one at a time)
 
     @classmethod
     def load(cls, spec: BaseSpec, folder: Path, *, name: str, device: str) -> SharedBase:
@@ -148,6 +152,23 @@ class SharedBase:
                 raise UserError(f"could not load the LoRA adapter on its base: {type(exc).__name__}: {exc}") from exc
             self.model.eval()
             self.adapters.add(name)
+
+    def tokenizer(self, folder: Path, serving: dict[str, Any]) -> Any:
+        """The tokenizer of the adapter version in `folder`, one object for the adapters of this base whose tokenizer
+        files and serving settings are the same (they are copies of the base's): a fast tokenizer takes several MB
+        and ~0.1 s to load, more than the adapter itself. Only equal settings share one: encoding sets a fast
+        tokenizer's truncation state, which must not change while another thread encodes with it."""
+        from training.modeling import load_tokenizer
+
+        digest = hashlib.sha1(json.dumps(serving, sort_keys=True, default=str).encode())
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name not in _NOT_TOKENIZER:
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        key = digest.hexdigest()
+        found = self.tokenizers.get(key)
+        if found is None:
+            found = self.tokenizers[key] = load_tokenizer(str(folder))
+        return found
 
     def remove(self, name: str) -> None:
         """Delete adapter `name` from the base (the last one stays: the base goes with it)."""
@@ -313,11 +334,12 @@ class ServingCache:
             base.add(name, folder)
         try:
             # The version's own config: the base's, with the values its task set (its labels).
+            params = read_training_params(folder)
             config = copy.deepcopy(base.model.get_base_model().config)
-            overrides = typed_overrides((read_training_params(folder).get("adapter") or {}).get("model_config") or {})
-            for key, value in overrides.items():
+            for key, value in typed_overrides((params.get("adapter") or {}).get("model_config") or {}).items():
                 setattr(config, key, value)
-            predictor = predictor_class(task)(folder, device=base.device, model=AdapterModel(base, name, config))
+            predictor = predictor_class(task)(folder, device=base.device, model=AdapterModel(base, name, config),
+                                              tokenizer=base.tokenizer(folder, params.get("serving") or {}))
             predictor.warm_up()  # before request threads tokenize with it at once
         except BaseException:
             self._drop(base, name)

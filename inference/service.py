@@ -91,8 +91,10 @@ class InferenceService:
         # Under the load lock: a model load importing transformers while this thread is half-way through the
         # same import sees a partly initialized module (ImportError); the first load waits for these instead.
         with LOAD_LOCK:
+            import peft  # noqa: F401  (LoRA adapter versions: ~2 s of a CPU that their first load would pay)
             import torch  # noqa: F401
             import transformers  # noqa: F401
+        log.info("serving libraries imported (torch, transformers, peft)")
 
         for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
             resolved = self._resolve_any(ref)
@@ -184,17 +186,18 @@ class InferenceService:
         """The predictor's kind, the encoded items and, for an adapter version, the batches of its base that they
         join (its predictor then stays pinned: the caller releases it once its results are back)."""
         predictor = self.cache.acquire(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout)
-        group = None
         try:
             group = self.cache.group(resolved.task, resolved.path)
             encoded = predictor.encode(items, **params)
             for item in encoded:
                 item.source = predictor  # in a batch of several adapters' inputs, each runs with its own
-        finally:
-            if group is None:  # a full version is pinned again by its batch; an adapter stays pinned till then
-                self.cache.release(resolved.ref)
-        if group is not None:
-            self._groups[resolved.ref] = group
+        except BaseException:
+            self.cache.release(resolved.ref)
+            raise
+        if group is None:
+            self.cache.release(resolved.ref)  # a full version is pinned again by its batch
+        else:
+            self._groups[resolved.ref] = group  # an adapter stays pinned until its results are back
         return type(predictor), encoded, group
 
     def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None

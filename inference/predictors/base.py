@@ -85,14 +85,14 @@ class Predictor(ABC):
 
     sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None) -> None:
-        """`model`: the model to run, already loaded (an adapter version's, on its shared base); else the folder's
-        is loaded."""
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None) -> None:
+        """`model`, `tokenizer`: already loaded (an adapter version's model on its shared base, a tokenizer shared
+        with the base's other adapters); else the folder's are loaded."""
         from training.modeling import load_model, load_tokenizer
         from training.params_file import read_training_params
 
         self.device = device
-        self.tokenizer = load_tokenizer(str(model_dir))
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(model_dir))
         if model is None:
             import transformers
 

@@ -18,8 +18,9 @@ class ClassificationPredictor(Predictor):
     auto_class = "AutoModelForSequenceClassification"
     zero_wait = True
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None) -> None:
-        super().__init__(model_dir, device=device, model=model)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         self.max_length = int(self.serving.get("max_length", 512))
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
 

@@ -74,10 +74,11 @@ class GenerationPredictor(Predictor):
     # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
     input_params = frozenset({"max_new_tokens"})
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None) -> None:
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
         from training.modeling import ensure_pad_token
 
-        super().__init__(model_dir, device=device, model=model)
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         ensure_pad_token(self.tokenizer)
 
     def encode(self, inputs: Sequence[str], *, max_new_tokens: int = 64, **params: Any) -> list[Encoded]:

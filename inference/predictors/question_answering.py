@@ -33,8 +33,9 @@ class QuestionAnsweringPredictor(Predictor):
     zero_wait = True
     sample_input = ("warm-up", "warm-up")
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None) -> None:
-        super().__init__(model_dir, device=device, model=model)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         self.max_length = int(self.serving.get("max_length", 384))
         self.doc_stride = int(self.serving.get("doc_stride", 128))
         self.max_answer_length = int(self.serving.get("max_answer_length", 30))

@@ -18,8 +18,9 @@ class SummarizationPredictor(Predictor):
     task = "summarization"
     auto_class = "AutoModelForSeq2SeqLM"
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None) -> None:
-        super().__init__(model_dir, device=device, model=model)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         # Encoder inputs padded on the right keep every real token's position: batched equals unbatched.
         self.tokenizer.padding_side = "right"
         self.prefix = str(self.serving.get("prefix") or "")

@@ -189,6 +189,8 @@ def test_adapters_of_one_base_load_it_once_share_a_batch_and_answer_as_their_mer
         adapter_of[predictor.model.adapter_name] = f"{name}:1"
     assert len(svc.cache.bases) == 1 and gauge(metrics.LOADED_BASES) == 1
     assert gauge(metrics.LOADED_ADAPTERS) == 4 and svc.cache.full.loaded() == []
+    # Their tokenizers are copies of the base's, with the same serving settings: one object for the four.
+    assert len(next(iter(svc.cache.bases.values())).tokenizers) == 1
     requests = [(name, [text]) for text in TEXTS for name in names]
 
     async def main() -> list[list[Any]]:
@@ -314,3 +316,19 @@ def test_summarization_adapters_share_a_generate_and_give_their_merged_models_te
                                      max_new_tokens=8, num_beams=beams, do_sample=False)
             assert summary == tok.decode(out[0], skip_special_tokens=True).strip(), (name, beams)
     assert len(svc.cache.bases) == 1
+
+
+def test_a_refused_request_does_not_keep_its_adapter_loaded(service: Callable[..., InferenceService],
+                                                            models: Path) -> None:
+    from core.errors import ValidationFailed
+
+    svc = service(continuous_batching=False, adapter_cache_size=1, request_timeout_seconds=10)
+
+    async def main() -> list[Any]:
+        with pytest.raises(ValidationFailed, match="context"):  # refused while it is encoded
+            await svc.run(resolved(models, "gen-a", "generation"), ["the king " * 200], max_new_tokens=4)
+        # gen-a is not pinned: it makes room for gen-b (a leaked pin would keep it, and this would time out).
+        return await svc.run(resolved(models, "gen-b", "generation"), ["the king"], max_new_tokens=4)
+
+    (result,) = asyncio.run(main())
+    assert result["tokens"] == 4 and svc.cache.adapters.loaded() == ["gen-b:1"]
