@@ -132,6 +132,32 @@ class ModelRef(_Out):
     ref: str
 
 
+class LoraMethod(_Out):
+    """A LoRA adapter's settings (training/spec.py `LoraMethod`)."""
+
+    type: Literal["lora"]
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | None = Field(
+        description="The adapted layers; null on a queued job that left them to the architecture's default.")
+
+
+class AdapterMethod(LoraMethod):
+    """A LoRA adapter version's settings."""
+
+    modules_to_save: list[str] = Field(description="The task head, trained whole and saved with the adapter.")
+
+
+class AdapterBase(_Out):
+    """The model a LoRA adapter version loads on."""
+
+    resolved: str = Field(description="`hub:<id>` or `model:<name>:<version>`.")
+    hub: str | None = Field(description="The hub id of a hub base.")
+    revision: str | None = Field(description="The commit hash of the cached hub snapshot it was trained on, if known.")
+    version: str | None = Field(description="`name:version` of a registered base.")
+
+
 class Job(_Out):
     id: str
     kind: Literal["train", "import", "push", "evaluate"]
@@ -144,6 +170,8 @@ class Job(_Out):
     columns: dict[str, str] | None
     hyperparameters: dict[str, Any] | None
     model_name: str | None
+    method: Literal["full"] | LoraMethod | None = Field(
+        description='A training job\'s method: "full" or a LoRA adapter\'s settings.')
     push: dict[str, Any] | None
     license: str | None
     language: list[str] | None
@@ -194,6 +222,9 @@ class ModelVersion(_Out):
     created_at: datetime
     lineage: dict[str, Any] | None
     license: str | None
+    method: Literal["full"] | AdapterMethod = Field(
+        description='"full" (every weight) or a LoRA adapter\'s settings.')
+    base: AdapterBase | None = Field(description="What a LoRA adapter loads on; null for a full version.")
 
 
 class Model(_Out):

@@ -53,6 +53,7 @@ def job_out(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "columns": spec.get("columns"),
         "hyperparameters": spec.get("hyperparameters"),
         "model_name": job.model_name,
+        "method": spec.get("method", "full") if (job.kind or "train") == "train" else None,
         "push": spec.get("push"),
         "license": spec.get("license"), "language": spec.get("language"),
         "queue_position": queue_position,
@@ -95,7 +96,19 @@ def version_out(mv: ModelVersion) -> dict[str, Any]:
         "dataset": {"id": mv.dataset_id, "sha256": mv.dataset_sha256} if mv.dataset_id else mv.dataset_hub,
         "hyperparameters": mv.hyperparameters, "metrics": mv.metrics, "created_at": iso(mv.created_at),
         "lineage": mv.lineage, "license": (mv.lineage or {}).get("license"),
+        **method_out(mv),
     }
+
+
+def method_out(mv: ModelVersion) -> dict[str, Any]:
+    """A version's `method` ("full" or the adapter's settings) and, for an adapter, its `base`."""
+    adapter = mv.adapter if mv.method == "lora" and isinstance(mv.adapter, dict) else None
+    if adapter is None:
+        return {"method": "full", "base": None}
+    base = adapter.get("base") or {}
+    return {"method": {k: adapter.get(k) for k in ("type", "r", "alpha", "dropout", "target_modules",
+                                                   "modules_to_save")},
+            "base": {k: base.get(k) for k in ("resolved", "hub", "revision", "version")}}
 
 
 def model_out(model: RegisteredModel, *, latest: ModelVersion | None, aliases: dict[str, int]) -> dict[str, Any]:

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
 
     model_cache_size: int = Field(default=4, ge=1, description="Most model versions loaded at once.")
     model_cache_mb: int = Field(default=0, ge=0, description="Most MB of weights loaded at once; 0 = no limit.")
+    adapter_cache_size: int = Field(default=64, ge=1, description=(
+        "Most LoRA adapter versions loaded at once, on their shared bases (apart from FTSERVE_MODEL_CACHE_SIZE)."))
+    adapter_cache_mb: int = Field(default=1024, ge=0, description=(
+        "Most MB of LoRA adapter weights loaded at once, least recently used out first; a base stays loaded while "
+        "any adapter of it is; 0 = no limit."))
     quantize_int8: bool = Field(
         default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
     )

@@ -66,6 +66,7 @@ class Job(APIModel):
     columns: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] | None = None
     model_name: str | None = None
+    method: str | dict[str, Any] | None = None  # "full" or a LoRA adapter's settings
     queue_position: int | None = None
     attempt: int | None = None
     owner: str | None = None
@@ -112,6 +113,8 @@ class ModelVersion(APIModel):
     hyperparameters: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     lineage: dict[str, Any] | None = None
+    method: str | dict[str, Any] = "full"  # "full" or a LoRA adapter's settings
+    base: dict[str, Any] | None = None  # what an adapter loads on: {resolved, hub, revision, version}
     created_at: datetime | None = None
 
 

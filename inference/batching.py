@@ -42,10 +42,12 @@ def padded_tokens(lengths: Sequence[int]) -> int:
     return sum(len(group) * max(lengths[i] for i in group) for group in length_groups(lengths))
 
 
-def grouped_forward(tokenizer: Any, model: Any, features: Mapping[str, Sequence[Sequence[int]]], device: str
-                    ) -> Iterator[tuple[list[int], Any]]:
+def grouped_forward(tokenizer: Any, model: Any, features: Mapping[str, Sequence[Sequence[int]]], device: str, *,
+                    adapters: Sequence[str] | None = None) -> Iterator[tuple[list[int], Any]]:
     """Run `model` on unpadded tokenizer `features` in `length_groups`; yields (the group's indices, the model's
-    output for them). The caller sets the grad mode (e.g. `torch.inference_mode()` around the loop)."""
+    output for them). `adapters`: each row's LoRA adapter, for a model shared by the adapters of one base
+    (inference/adapters.py). The caller sets the grad mode (e.g. `torch.inference_mode()` around the loop)."""
     for group in length_groups([len(ids) for ids in features["input_ids"]]):
         batch = tokenizer.pad({k: [v[i] for i in group] for k, v in features.items()}, return_tensors="pt")
-        yield group, model(**{k: v.to(device) for k, v in batch.items()})
+        extra = {} if adapters is None else {"adapter_names": [adapters[i] for i in group]}
+        yield group, model(**{k: v.to(device) for k, v in batch.items()}, **extra)

@@ -38,11 +38,16 @@ class _Entry:
 
 class ModelCache:
     def __init__(self, *, capacity: int, loader: Callable[[str, str], Any], max_bytes: int = 0,
-                 sizer: Callable[[str], int] = weights_on_disk) -> None:
+                 sizer: Callable[[str], int] = weights_on_disk,
+                 on_evict: Callable[[str, Any], None] | None = None, gauge: Any = metrics.LOADED_MODELS) -> None:
         self.capacity = max(1, capacity)
         self.max_bytes = max_bytes
         self._loader = loader
         self._sizer = sizer
+        # Called with (key, predictor) once an entry is gone (evicted or discarded), outside the cache's lock: what
+        # the predictor holds beyond its own objects (an adapter in a shared base) is given back there.
+        self._on_evict = on_evict
+        self._gauge = gauge
         self._items: OrderedDict[str, _Entry] = OrderedDict()
         self._reserved: dict[str, int] = {}  # room made for loads in progress
         self._loading: dict[str, threading.Lock] = {}
@@ -93,9 +98,13 @@ class ModelCache:
                 if entry is not None:
                     return entry
             size = self._sizer(path)
-            with self._cond:
-                self._make_room(key, size, deadline)
-                self._reserved[key] = size
+            evicted: list[tuple[str, _Entry]] = []
+            try:
+                with self._cond:
+                    self._make_room(key, size, deadline, evicted)
+                    self._reserved[key] = size
+            finally:  # what left the cache is given back, even when this load then finds no room and fails
+                self._evicted(evicted)
             try:
                 t0 = time.perf_counter()
                 # One load at a time in the process: `from_pretrained` patches process-global torch state while
@@ -121,7 +130,7 @@ class ModelCache:
                 entry = _Entry(predictor, size, in_flight=1)
                 self._items[key] = entry
                 self._loading.pop(key, None)
-                metrics.LOADED_MODELS.set(len(self._items))
+                self._gauge.set(len(self._items))
                 return entry
 
     def _over(self, size: int) -> bool:
@@ -129,13 +138,14 @@ class ModelCache:
         count = len(self._items) + len(self._reserved)
         return count + 1 > self.capacity or (self.max_bytes > 0 and used + size > self.max_bytes)
 
-    def _make_room(self, key: str, size: int, deadline: float) -> None:
-        """Evict idle models, least recently used first, until `size` more fits; wait while all are busy."""
+    def _make_room(self, key: str, size: int, deadline: float, evicted: list[tuple[str, _Entry]]) -> None:
+        """Evict idle models, least recently used first, until `size` more fits; wait while all are busy. The
+        evicted entries are added to `evicted` (for `_evicted`, once the lock is released)."""
         while (self._items or self._reserved) and self._over(size):
             idle = next((k for k, e in self._items.items() if e.in_flight == 0), None)
             if idle is not None:
-                del self._items[idle]
-                metrics.LOADED_MODELS.set(len(self._items))
+                evicted.append((idle, self._items.pop(idle)))
+                self._gauge.set(len(self._items))
                 log.info("evicted %s to make room for %s", idle, key)
                 continue
             remaining = deadline - time.monotonic()
@@ -144,14 +154,21 @@ class ModelCache:
                     f"every loaded model is busy and {key} does not fit beside them; retry later")
             self._cond.wait(remaining)
 
+    def _evicted(self, evicted: list[tuple[str, _Entry]]) -> None:
+        if self._on_evict is not None:
+            for key, entry in evicted:
+                self._on_evict(key, entry.predictor)
+
     def discard(self, key: str) -> None:
         """Unload `key` now if no request is using it (a deleted version); a busy one is left to eviction."""
+        evicted: list[tuple[str, _Entry]] = []
         with self._cond:
             entry = self._items.get(key)
             if entry is not None and entry.in_flight == 0:
-                del self._items[key]
-                metrics.LOADED_MODELS.set(len(self._items))
+                evicted.append((key, self._items.pop(key)))
+                self._gauge.set(len(self._items))
                 self._cond.notify_all()
+        self._evicted(evicted)
 
     def loaded(self) -> list[str]:
         with self._cond:

@@ -17,8 +17,9 @@ import anyio
 
 from core.cpus import size_torch_threads
 from core.settings import Settings
+from inference.adapters import ServingCache, predict_on_base
 from inference.batcher import Batcher
-from inference.cache import LOAD_LOCK, ModelCache
+from inference.cache import LOAD_LOCK
 from inference.continuous import ContinuousGeneration
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from inference.predictors import Encoded, Predictor
@@ -74,19 +75,20 @@ class Resolved:
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cache = ModelCache(capacity=settings.model_cache_size,
-                                loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
-                                               torch_threads=settings.torch_threads, onnx=settings.onnx,
-                                               data_dir=settings.data_dir),
-                                max_bytes=settings.model_cache_mb * 1024 * 1024)
-        # Two threads per loaded model, by (role, ref). "forward": one forward at a time (interleaving gains nothing
-        # on shared cores and costs memory), and always the same thread, so torch keeps one OpenMP team per model
-        # instead of waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).
-        # "encode": the requests' tokenization, one request at a time. With a thread per request (anyio's pool),
-        # dozens of tokenizing threads take the GIL from the forward thread between its ops under load: 64
-        # concurrent in-process /classify requests ran at 0.4-0.9x of tokenizing in the forward thread, and at
-        # 0.8-1.3x with this one thread (a noisy 2-core machine, three alternating runs each).
+        # Full versions and LoRA adapter versions (on shared bases), each in an LRU cache of its own.
+        self.cache = ServingCache(settings, load_full=partial(_load_predictor, quantize_int8=settings.quantize_int8,
+                                                              torch_threads=settings.torch_threads,
+                                                              onnx=settings.onnx, data_dir=settings.data_dir))
+        # Two threads per loaded model (per shared base for adapters), by (role, ref). "forward": one forward at a
+        # time (interleaving gains nothing on shared cores and costs memory), and always the same thread, so torch
+        # keeps one OpenMP team per model instead of waking a fresh one for each batch (10-20% of a small model's
+        # throughput when threads rotate). "encode": the requests' tokenization, one request at a time. With a
+        # thread per request (anyio's pool), dozens of tokenizing threads take the GIL from the forward thread
+        # between its ops under load: 64 concurrent in-process /classify requests ran at 0.4-0.9x of tokenizing in
+        # the forward thread, and at 0.8-1.3x with this one thread (a noisy 2-core machine, three alternating runs
+        # each).
         self._executors: dict[tuple[str, str], ThreadPoolExecutor] = {}
+        self._groups: dict[str, str] = {}  # an adapter version's ref → the batches of its base it joins
         # (viewer, ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py):
         # per viewer, because a bare name or no name at all resolves among the caller's models.
         self._resolved: dict[tuple[Viewer, str | None, str], Resolved] = {}
@@ -100,8 +102,10 @@ class InferenceService:
         # Under the load lock: a model load importing transformers while this thread is half-way through the
         # same import sees a partly initialized module (ImportError); the first load waits for these instead.
         with LOAD_LOCK:
+            import peft  # noqa: F401  (LoRA adapter versions: ~2 s of a CPU that their first load would pay)
             import torch  # noqa: F401
             import transformers  # noqa: F401
+        log.info("serving libraries imported (torch, transformers, peft)")
 
         for ref in filter(None, (r.strip() for r in self.settings.warm_models.split(","))):
             resolved = self._resolve_any(ref)
@@ -134,8 +138,12 @@ class InferenceService:
         self._batchers.pop(key, None)
         ref = key[0]
         if not any(k[0] == ref for k in self._batchers):
-            for role in ("forward", "encode"):
-                executor = self._executors.pop((role, ref), None)
+            # An adapter's first request encodes on a thread named after the adapter (its base is known only once
+            # it is loaded): those threads go with their base's last batcher too.
+            owners = [ref, *(r for r, group in self._groups.items() if group == ref)]
+            keys = [("forward", ref), *(("encode", owner) for owner in owners)]
+            for key in keys:
+                executor = self._executors.pop(key, None)
                 if executor is not None:
                     executor.shutdown(wait=False)
 
@@ -191,18 +199,36 @@ class InferenceService:
                                    is_disconnected=is_disconnected), ticket)
 
     def queued(self, ref: str) -> int:
-        """Inputs waiting in the batchers of model version `ref`."""
-        return sum(b.depth for k, b in self._batchers.items() if k[0] == ref)
+        """Inputs waiting in the batchers of model version `ref` (of its base, for an adapter version)."""
+        group = self._groups.get(ref, ref)
+        return sum(b.depth for k, b in self._batchers.items() if k[0] == group)
 
     def _encode(self, resolved: Resolved, items: list[Any], params: dict[str, Any], timeout: float
-                ) -> tuple[type[Predictor], list[Encoded]]:
-        with self.cache.use(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout) as predictor:
-            return type(predictor), predictor.encode(items, **params)
+                ) -> tuple[type[Predictor], list[Encoded], str | None]:
+        """The predictor's kind, the encoded items and, for an adapter version, the batches of its base that they
+        join (its predictor then stays pinned: the caller releases it once its results are back)."""
+        predictor = self.cache.acquire(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout)
+        try:
+            group = self.cache.group(resolved.task, resolved.path)
+            encoded = predictor.encode(items, **params)
+            for item in encoded:
+                item.source = predictor  # in a batch of several adapters' inputs, each runs with its own
+        except BaseException:
+            self.cache.release(resolved.ref)
+            raise
+        if group is None:
+            self.cache.release(resolved.ref)  # a full version is pinned again by its batch
+        else:
+            self._groups[resolved.ref] = group  # an adapter stays pinned until its results are back
+        return type(predictor), encoded, group
 
-    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any]) -> Batcher:
+    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None
+                 ) -> Batcher:
         """One batcher per model version and parameters (those `predict` reads): only requests that can share a
-        call do."""
-        key = (resolved.ref, json.dumps(params, sort_keys=True, default=str))
+        call do. The adapter versions of one base share its batchers (`group`): their requests share forward
+        passes."""
+        name = group or resolved.ref
+        key = (name, json.dumps(params, sort_keys=True, default=str))
         batcher = self._batchers.get(key)
         if batcher is None:
             # Encoders batch with no wait (as TEI does): an idle model runs a request at once, and under load a
@@ -210,8 +236,9 @@ class InferenceService:
             # WAIT_MS, stretched with its run time) so that concurrent calls can share one `generate`.
             zero_wait = kind.zero_wait
             batcher = Batcher(
-                lambda items: self._call(resolved, lambda p: p.predict(items, **params)), model=resolved.ref,
-                executor=self._thread("forward", resolved.ref),
+                (lambda items: predict_on_base(items, params)) if group is not None
+                else (lambda items: self._call(resolved, lambda p: p.predict(items, **params))), model=name,
+                executor=self._thread("forward", name),
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,
@@ -219,7 +246,8 @@ class InferenceService:
                 cost=lambda items: kind.padded_tokens(items, **params),
                 split=lambda items: kind.run_order(items, **params),
                 max_cost=self.settings.max_batch_tokens,
-                also_queued=lambda: gate.waiting if (gate := self._streams.get(resolved.ref)) is not None else 0,
+                also_queued=lambda: sum(gate.waiting for ref, gate in self._streams.items()
+                                        if self._groups.get(ref, ref) == name),
             )
             self._batchers[key] = batcher
         return batcher
@@ -237,11 +265,16 @@ class InferenceService:
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
         # these real tokens, the forward pass reads them, and requests tokenize while the forward pass runs.
-        kind, encoded = await asyncio.get_running_loop().run_in_executor(
-            self._thread("encode", resolved.ref), self._encode, resolved, items, params, timeout)
-        batcher = self._batcher(resolved, kind, kind.batch_params(params))
-        return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
-                                    is_disconnected=is_disconnected)
+        kind, encoded, group = await asyncio.get_running_loop().run_in_executor(
+            self._thread("encode", self._groups.get(resolved.ref, resolved.ref)), self._encode, resolved, items,
+            params, timeout)
+        try:
+            batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
+            return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
+                                        is_disconnected=is_disconnected)
+        finally:
+            if group is not None:  # the adapter was kept loaded (pinned) from its encoding until now
+                self.cache.release(resolved.ref)
 
 
 class Ticketed:

@@ -172,6 +172,13 @@ def set_data_stats(session: Session, job_id: str, stats: dict[str, Any], *, fenc
     _fenced_update(session, job_id, fence, {"data_stats": stats})
 
 
+def set_spec_value(session: Session, job_id: str, key: str, value: Any, *, fence: Fence) -> None:
+    """Replace one field of the job's stored spec with the value the run resolved (a LoRA method's default
+    target_modules), so that the job echoes what it used."""
+    job = get_job(session, job_id)
+    _fenced_update(session, job_id, fence, {"spec": {**job.spec, key: value}})
+
+
 def set_promotion(session: Session, job_id: str, promotion: dict[str, Any], *, fence: Fence) -> None:
     _fenced_update(session, job_id, fence, {"promotion": promotion})
 

@@ -1,8 +1,9 @@
 """Deleting versions and models: the files go, the rows stay (`deleted_at`), so a number is never reused.
 
 A version cannot go while something depends on it: an alias that points at it, a version that was trained from
-it (`base_model_resolved` `model:name:3`), or a queued or running job that trains from it or works on it (push,
-evaluate). Dependents of another owner are counted, never named.
+it (`base_model_resolved` `model:name:3`; a LoRA adapter trained on it needs its weights to load at all), or a
+queued or running job that trains from it or works on it (push, evaluate). Dependents of another owner are
+counted, never named.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def dependents(session: Session, name: str, numbers: Collection[int], *, viewer:
     for mv in session.scalars(stmt.order_by(ModelVersion.name, ModelVersion.version)):
         if viewer.owns(mv.owner):
             base = mv.base_model_resolved.removeprefix("model:")
-            found.append(f"version {mv.name}:{mv.version} was trained from {base}")
+            found.append(f"version {mv.name}:{mv.version} is a LoRA adapter that loads on {base}"
+                         if mv.method == "lora" else f"version {mv.name}:{mv.version} was trained from {base}")
         else:
             others += 1
     if others:

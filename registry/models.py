@@ -141,6 +141,12 @@ class ModelVersion(Base):
     # Where the version came from: {source: trained|imported, job_id, base_model, base_revision, dataset,
     # libraries, device, training_seconds}.
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # "full" (the folder holds every weight) or "lora" (an adapter that loads on its base; see training/lora.py).
+    method: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
+    # An adapter's settings and base: {type, r, alpha, dropout, target_modules, modules_to_save,
+    # base: {resolved: "hub:<id>" | "model:<name>:<v>", hub, revision, version}}; None for a full version. A
+    # registered base is also its base_model_resolved, which keeps that version from being deleted.
+    adapter: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # A deleted version keeps its row (and so its number, never reused); its files are gone.
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

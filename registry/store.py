@@ -114,6 +114,15 @@ class ArtifactStore:
         shutil.rmtree(path, ignore_errors=False) if path.exists() else None
 
 
+def version_dir_beside(folder: Path, name: str, version: int) -> Path:
+    """The folder of version `name:version` in the store that holds `folder` (a published version's folder or a
+    staging one, both `models/<name>/<entry>`): how a LoRA adapter finds the registered version it was trained on
+    without knowing where the data dir is."""
+    if not MODEL_NAME.match(name):
+        raise ValidationFailed(f"invalid model name '{name}'")
+    return Path(folder).resolve().parent.parent / name / str(int(version))
+
+
 def safe_file_name(file_name: str) -> str:
     """Keep the base name only, with a conservative character set."""
     base = os.path.basename(file_name.replace("\\", "/")).strip()

@@ -164,6 +164,16 @@ class _Card:
         self.base_hub: str | None = base.get("hub") or (rest if kind == "hub" else None)
         self.base_parent: str | None = base.get("parent") or (rest if kind == "model" else None)
         self.base_revision: str | None = base.get("revision")
+        adapter = params.get("adapter")
+        self.adapter: dict[str, Any] | None = adapter if params.get("method") == "lora" and isinstance(adapter, dict) \
+            else None
+        adapter_base = (self.adapter or {}).get("base") or {}
+        # An adapter only runs on the very model it was trained on: the front matter names it only when that is a
+        # hub model (a registered base version is not on the Hub).
+        self.adapter_hub: str | None = adapter_base.get("hub") if isinstance(adapter_base.get("hub"), str) else None
+        # A full model exported from an adapter version with its adapter merged in (`…/archive?merged=true`).
+        merged = params.get("merged_from")
+        self.merged_from: dict[str, Any] | None = merged if isinstance(merged, dict) else None
         self.license = str(params.get("license") or "other")
         self.license_source = str(params.get("license_source") or "unknown")
         language = params.get("language")
@@ -174,14 +184,19 @@ class _Card:
     def data(self) -> Any:
         from huggingface_hub import ModelCardData
 
+        tags = ["ftserve", self.task]
+        if self.merged_from is not None:
+            tags += ["lora", "merged"]
+        if self.adapter is not None:
+            tags += ["peft", "lora"] + ([f"base_model:adapter:{self.adapter_hub}"] if self.adapter_hub else [])
         return ModelCardData(
             license=self.license,
-            base_model=self.base_hub,
+            base_model=self.adapter_hub if self.adapter is not None else self.base_hub,
             datasets=self._hub_datasets() or None,
             language=self.languages or None,
-            tags=["ftserve", self.task],
+            tags=tags,
             pipeline_tag=PIPELINE_TAGS.get(self.task),
-            library_name="transformers",
+            library_name="peft" if self.adapter is not None else "transformers",
             model_name=self.name,
             eval_results=self._eval_results() or None,
         )
@@ -277,7 +292,19 @@ class _Card:
         else:
             origin = "an unrecorded base model"
         article = "An" if task[0] in "aeiou" else "A"
-        lines = [f"{article} {task} model, `{self.ref}`, fine-tuned with ftserve from {origin}.", ""]
+        if self.adapter is not None:
+            lines = [f"{article} {task} **LoRA adapter**, `{self.ref}`, trained with ftserve (peft) on {origin}.", "",
+                     *self._adapter_facts(), ""]
+        elif self.merged_from is not None:
+            merged = self.merged_from
+            lines = [f"{article} {task} model: the LoRA adapter `{merged.get('version') or self.ref}`, trained with "
+                     f"ftserve (peft) on {origin}, merged into its base's weights (`merge_and_unload`). This folder "
+                     "holds every weight and loads as a plain `transformers` model; the adapter alone is the "
+                     "version's own archive.", "",
+                     f"- Rank `r`: {_code(merged.get('r'))}; `alpha`: {_code(merged.get('alpha'))}; adapted layers "
+                     f"(`target_modules`): {', '.join(_code(t) for t in merged.get('target_modules') or [])}.", ""]
+        else:
+            lines = [f"{article} {task} model, `{self.ref}`, fine-tuned with ftserve from {origin}.", ""]
         if self.license_source == "unknown":
             lines.append("**License: unknown.** The job gave no license, the server sets no default and the base "
                          "model's card names none, so the front matter says `other`. Check the terms of the base "
@@ -286,6 +313,42 @@ class _Card:
             source = _LICENSE_SOURCES.get(self.license_source, self.license_source)
             lines.append(f"License: `{self.license}` ({source}).")
         return lines
+
+    def _adapter_facts(self) -> list[str]:
+        adapter = self.adapter or {}
+        heads = adapter.get("modules_to_save") or []
+        return [
+            "This folder holds only the adapter's low-rank weights"
+            + (f" and the task head ({', '.join(_code(h) for h in heads)}), trained whole" if heads else "")
+            + " (`adapter_model.safetensors`, `adapter_config.json`), not the base model's weights: it runs on its "
+              "base model, loaded first (see How to use).",
+            "",
+            f"- Rank `r`: {_code(adapter.get('r'))}; `alpha`: {_code(adapter.get('alpha'))} (updates scaled by "
+            f"alpha/r); dropout: {_code(adapter.get('dropout'))}.",
+            f"- Adapted layers (`target_modules`): {', '.join(_code(t) for t in adapter.get('target_modules') or [])}.",
+        ]
+
+    def _base_loading(self) -> list[str]:
+        """Python lines that load an adapter's base model as `base` (with the config values the task set)."""
+        adapter = self.adapter or {}
+        base = adapter.get("base") or {}
+        auto = {"classification": "AutoModelForSequenceClassification",
+                "question-answering": "AutoModelForQuestionAnswering", "summarization": "AutoModelForSeq2SeqLM",
+                "generation": "AutoModelForCausalLM"}.get(self.task, "AutoModel")
+        if self.adapter_hub:
+            where = json.dumps(self.adapter_hub) + (f", revision={json.dumps(base['revision'])}"
+                                                    if base.get("revision") else "")
+        else:
+            version = str(base.get("version") or "name:version")
+            where = json.dumps("./" + version.replace(":", "-")) + f"  # the registered base version {version}"
+        overrides = adapter.get("model_config") or {}
+        config = f", **{json.dumps(overrides)}" if overrides else ""
+        first, _, comment = where.partition("  #")
+        return [f"from transformers import {auto}, AutoTokenizer", "from peft import PeftModel", "",
+                f'model_id = "./{self.name}-{self.version}"  # this folder, or the Hub repo it was pushed to',
+                f"base = {auto}.from_pretrained({first}{config})" + (f"  #{comment}" if comment else ""),
+                "model = PeftModel.from_pretrained(base, model_id).merge_and_unload()  # plain weights, as served",
+                "tokenizer = AutoTokenizer.from_pretrained(model_id)"]
 
     def _context_length(self) -> str:
         if self.task == "generation":
@@ -502,8 +565,12 @@ class _Card:
         }
         endpoint, body = _ENDPOINTS.get(self.task, ("/", {}))
         body = {"model": self.ref, **body}
+        code = ["With `transformers`:", "", "```python", *snippets.get(self.task, [*load]), "```", ""]
+        if self.adapter is not None:
+            code = ["With `peft` and `transformers` (the base model, then the adapter on it; `model` is then used "
+                    "as a full model is):", "", "```python", *self._base_loading(), "```", ""]
         return [
-            "With `transformers`:", "", "```python", *snippets.get(self.task, [*load]), "```", "",
+            *code,
             "From a running ftserve (add `-H 'Authorization: Bearer <key>'` when API keys are on):", "",
             "```bash", f"curl -X POST http://localhost:8000{endpoint} -H 'content-type: application/json' \\",
             f"     -d '{json.dumps(body)}'", "```",
@@ -513,7 +580,8 @@ class _Card:
         libraries = self.params.get("libraries")
         if not isinstance(libraries, dict):
             return ["Not recorded for this version."]
-        lines = [f"- {label} {libraries.get(key) or 'unknown'}" for key, label in _LIBRARY_NAMES.items()]
+        names = {**_LIBRARY_NAMES, "peft": "PEFT"} if self.adapter is not None else _LIBRARY_NAMES
+        lines = [f"- {label} {libraries.get(key) or 'unknown'}" for key, label in names.items()]
         if self.params.get("device"):
             lines.append(f"- Trained on: {_code(self.params['device'])}"
                          + (f" in {self.params['training_seconds']:.1f} s"

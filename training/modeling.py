@@ -36,6 +36,16 @@ def load_tokenizer(source: str) -> Any:
 
 
 def load_model(auto_class: Any, source: str, **kwargs: Any) -> Any:
+    """A model from a hub id or a version folder; an adapter version's folder gives its base with the adapter
+    merged in (training/lora.py), so whatever loads a version gets plain weights either way."""
+    from training.lora import is_adapter_dir
+
+    if os.path.isabs(source) and is_adapter_dir(source):
+        from pathlib import Path
+
+        from training.lora import load_adapter
+
+        return load_adapter(auto_class, Path(source), **kwargs)
     try:
         return auto_class.from_pretrained(source, trust_remote_code=False, use_safetensors=True, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

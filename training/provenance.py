@@ -16,7 +16,7 @@ from typing import Any
 from training.params_file import read_training_params
 
 log = logging.getLogger("ftserve.provenance")
-LIBRARIES = ("ftserve", "transformers", "torch", "datasets", "tokenizers", "huggingface_hub")
+LIBRARIES = ("ftserve", "transformers", "torch", "datasets", "tokenizers", "huggingface_hub", "peft")
 _LICENSE = re.compile(r"^[A-Za-z0-9.+-]{1,64}$")
 UNKNOWN_LICENSE = "other"
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -13,13 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError, ValidationFailed
+from core.errors import UserError
 from training.data import Rows, Source, check_columns, load_rows, map_columns
+from training.lora import is_adapter_dir
+from training.lora import save_extras as save_lora_extras
+from training.lora import wrap as wrap_lora
 from training.model_card import evaluation_rows
 from training.params_file import FILE as PARAMS_FILE
 from training.params_file import write_json
+from training.precision import choose_precision
 from training.provenance import base_model_info, library_versions, resolve_license
-from training.spec import JobSpec
+from training.spec import JobSpec, LoraMethod
 from training.tasks import get_task
 from training.tasks.base import Task
 
@@ -160,7 +165,7 @@ def _best_eval(state: Any) -> dict[str, Any] | None:
 _EFFECTIVE_ARGS = (
     "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "max_steps", "eval_steps", "save_steps", "logging_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
-    "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "data_seed", "fp16",
+    "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "data_seed", "fp16", "bf16",
     "metric_for_best_model", "greater_is_better", "load_best_model_at_end", "save_total_limit",
     "predict_with_generate", "generation_max_length", "generation_num_beams",
 )
@@ -208,11 +213,13 @@ def run(
     resume_from: Path | None = None,
     device: str | None = None,
     on_data: Callable[[dict[str, int]], None] | None = None,
+    on_method: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_seconds: float = 0.0,
     default_license: str = "",
 ) -> RunResult:
     """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`.
 
+    `on_method` gets a LoRA job's effective method (its default target_modules filled in).
     `default_license` is the card license of a job that gives none (before the base model's own); the
     training_params.json written beside the model records everything its model card shows (training/model_card.py).
     """
@@ -231,6 +238,10 @@ def run(
     if on_data is not None:
         on_data(data_stats)
 
+    lora = spec.method if isinstance(spec.method, LoraMethod) else None
+    if Path(model_source).is_absolute() and is_adapter_dir(model_source):
+        # Refused at submit; a version is immutable, so this only guards against a bypassed API.
+        raise UserError("the base model is a LoRA adapter version: train from its base model instead")
     tokenizer = load_tokenizer(model_source)
     prepared = task.prepare(
         model_source=model_source,
@@ -242,9 +253,19 @@ def run(
     )
     total, every, logging_steps = _schedule(len(prepared.train), params)
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    fp16 = params.fp16 if params.fp16 is not None else use_cuda
-    if fp16 and not use_cuda:
-        raise ValidationFailed("hyperparameters.fp16: fp16 training needs a CUDA GPU; this worker has none")
+    model_type = getattr(prepared.model.config, "model_type", None)
+    precision = choose_precision(cuda=use_cuda, bf16_supported=use_cuda and torch.cuda.is_bf16_supported(),
+                                 model_type=model_type, fp16=params.fp16, bf16=params.bf16)
+    on_event("log", f"precision: {precision.reason}", precision.event())
+    adapter: dict[str, Any] | None = None
+    model = prepared.model
+    # The generation settings the task gave the model (an adapter folder saves them: the base's may lack some).
+    generation_config = copy.deepcopy(model.generation_config) if lora and model.can_generate() else None
+    if lora is not None:
+        model, adapter = wrap_lora(prepared.model, method=lora, task=spec.task, model_name=spec.base_model,
+                                   on_event=on_event)
+        if on_method is not None:
+            on_method({k: adapter[k] for k in ("type", "r", "alpha", "dropout", "target_modules")})
 
     args = task.build_args(
         output_dir=str(checkpoints_dir),
@@ -270,7 +291,8 @@ def run(
         disable_tqdm=True,
         seed=params.seed,
         data_seed=params.seed,
-        fp16=fp16,
+        fp16=precision.fp16,
+        bf16=precision.bf16,
         use_cpu=not use_cuda,
         dataloader_num_workers=0,
         save_only_model=False,
@@ -279,7 +301,7 @@ def run(
     hooks = _Hooks(on_progress=on_progress, on_event=on_event, should_stop=should_stop,
                    checkpoint_seconds=checkpoint_seconds)
     trainer = task.make_trainer(
-        model=prepared.model,
+        model=model,
         args=args,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
@@ -307,6 +329,15 @@ def run(
     # The Trainer pickles its arguments next to the weights; a served artifact ships no pickles.
     (out_dir / "training_args.bin").unlink(missing_ok=True)
     base = base_model_info(base_model_resolved, model_source)
+    if adapter is not None:
+        # peft writes a card of its own; the version's card (training/model_card.py) replaces it at registration.
+        (out_dir / "README.md").unlink(missing_ok=True)
+        kind, _, rest = base_model_resolved.partition(":")
+        adapter = {**adapter, "base": {"resolved": base_model_resolved, "hub": rest if kind == "hub" else None,
+                                       "revision": base["revision"] if kind == "hub" else None,
+                                       "version": rest if kind == "model" else None},
+                   "model_config": save_lora_extras(prepared.model, out_dir=out_dir, base_source=model_source,
+                                                    generation_config=generation_config)}
     license_ = resolve_license(spec.license, default=default_license, base_license=base.pop("license"))
     training_params = {
         **json.loads(spec.model_dump_json()),
@@ -315,6 +346,9 @@ def run(
         "license": license_["id"],
         "license_source": license_["source"],
         "serving": prepared.serving_params,
+        "method": "full" if adapter is None else "lora",
+        "adapter": adapter,
+        "precision": precision.event(),
         "data": {**data.provenance, **data_stats, **task.data_facts(train_rows, eval_rows)},
         "preprocessing": task.preprocessing(serving=prepared.serving_params, tokenizer=tokenizer),
         "schedule": {"total_steps": total, "eval_steps": every, "logging_steps": logging_steps},

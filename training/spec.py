@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from core.errors import ValidationFailed
 
@@ -126,7 +126,16 @@ class CommonParams(_Strict):
     logging_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     save_total_limit: int = Field(default=2, ge=1, le=100, description="The best and the newest checkpoint.")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    fp16: bool | None = Field(default=None, description="Default: on when a CUDA GPU is used.")
+    fp16: bool | None = Field(default=None, description=(
+        "Train in float16. Default (with bf16 unset): on a CUDA GPU without bf16 support, except for models that "
+        "overflow in float16 (the T5 family), which train in float32 there. See training/precision.py."))
+    bf16: bool | None = Field(default=None, description="Train in bfloat16. Default: on a CUDA GPU that supports it.")
+
+    @model_validator(mode="after")
+    def _one_half_precision(self) -> CommonParams:
+        if self.fp16 and self.bf16:
+            raise ValueError("fp16 and bf16 cannot both be true: choose one half precision (or neither for float32)")
+        return self
 
 
 class ClassificationParams(CommonParams):
@@ -246,6 +255,51 @@ class PromoteSpec(_Strict):
     dataset: EvalDatasetRef
 
 
+# A module name as peft matches it against the model's module paths (a path's last parts: `query`,
+# `attention.self.query`); no regular expressions.
+_MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z0-9_]{1,64}){0,7}$"
+ModuleName = Annotated[str, Field(pattern=_MODULE_NAME, max_length=512)]
+MAX_TARGET_MODULES = 64
+
+
+class LoraMethod(_Strict):
+    """Train a LoRA adapter (peft) instead of every weight: low-rank updates of `target_modules`, plus the task's
+    head (trained and saved whole). `target_modules` null: the base model's architecture's default (peft's
+    table), filled in by the worker."""
+
+    type: Literal["lora"]
+    r: int = Field(default=8, ge=1, le=256, description="The rank of the update matrices.")
+    alpha: int = Field(default=16, ge=1, le=4096, description="The scaling numerator: updates are scaled by alpha/r.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=MAX_TARGET_MODULES)] | None = Field(
+        default=None, description=("Names of the layers to adapt, matched against the end of each module's path "
+                                   "(`query`, `c_attn`). Default: the architecture's (BERT: query, value)."))
+
+    @field_validator("target_modules")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
+
+def _method_kind(value: Any) -> str:
+    return "full" if isinstance(value, str) else "lora"
+
+
+# A string must be "full"; an object is a LoraMethod (so a bad object's errors name its fields, not "Input should be
+# 'full'").
+Method = Annotated[Annotated[Literal["full"], Tag("full")] | Annotated[LoraMethod, Tag("lora")],
+                   Discriminator(_method_kind)]
+
+
+def method_type(method: Any) -> str:
+    """"full" or "lora", for a method as stored (a string or a dict) or validated."""
+    if isinstance(method, LoraMethod):
+        return "lora"
+    if isinstance(method, dict):
+        return str(method.get("type") or "full")
+    return str(method or "full")
+
+
 class JobRequest(_Strict):
     # A string checked against the tasks by build_spec (its message lists them); the enum documents them.
     task: str = Field(max_length=64, json_schema_extra={"enum": list(TASK_NAMES)})
@@ -263,6 +317,9 @@ class JobRequest(_Strict):
     language: Annotated[list[Language], Field(min_length=1, max_length=MAX_LANGUAGES)] | Language | None = Field(
         default=None, description="ISO 639 code(s) of the training texts, for the model card.")
     promote: PromoteSpec | None = None
+    method: Method = Field(default="full", description=(
+        '"full" (every weight is trained) or a LoRA adapter: {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05, '
+        '"target_modules": null}. An adapter version stores only the adapter and the task head.'))
 
 
 class JobSpec(_Strict):
@@ -279,6 +336,7 @@ class JobSpec(_Strict):
     license: str | None = None  # as requested; the effective one (with its default) is in training_params.json
     language: list[str] | None = None
     promote: PromoteSpec | None = None
+    method: Method = "full"
 
     def params(self) -> CommonParams:
         return PARAMS[self.task].model_validate(self.hyperparameters)
@@ -325,6 +383,7 @@ def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
         license=request.license.lower() if request.license else None,
         language=[request.language] if isinstance(request.language, str) else request.language,
         promote=promote,
+        method=request.method,
     )
 
 

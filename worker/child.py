@@ -171,6 +171,10 @@ class JobCallbacks:
     def on_data(self, stats: dict[str, int]) -> None:
         self.write("data stats", lambda s: jobrepo.set_data_stats(s, self.job_id, stats, fence=self.fence))
 
+    def on_method(self, method: dict[str, Any]) -> None:
+        self.write("the effective method", lambda s: jobrepo.set_spec_value(s, self.job_id, "method", method,
+                                                                            fence=self.fence))
+
     def should_stop(self) -> bool:
         """The cancel flag; also how a run that writes nothing for a while learns it lost the job."""
         now = time.monotonic()
@@ -238,6 +242,14 @@ def lineage(*, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def version_adapter(params: dict[str, Any]) -> dict[str, Any] | None:
+    """What the registry keeps of an adapter (training_params.json's `adapter` less the config it loads with)."""
+    adapter = params.get("adapter")
+    if not isinstance(adapter, dict):
+        return None
+    return {k: v for k, v in adapter.items() if k != "model_config"}
+
+
 def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore, staging: Path,
               retry_for: float, promotion: Decision | None = None, push_id: str | None = None) -> int:
     """Publish the staged version and register it, in one transaction that holds the fence from its first
@@ -275,6 +287,8 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                         dataset_hub=data.get("hub"), hyperparameters=spec.hyperparameters,
                         metrics=result.metrics, path=str(store.version_dir(name, version)),
                         lineage=lineage(job_id=fence.job_id, params=result.training_params),
+                        method=result.training_params.get("method") or "full",
+                        adapter=version_adapter(result.training_params),
                     ))
                     s.flush()  # takes the (name, version) key before the directory is published
                     model_card.write_card(staging, name=name, version=version, task=spec.task,
@@ -385,7 +399,8 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
             spec, data=data, model_source=_model_source(resolved, store), base_model_resolved=resolved,
             out_dir=staging, checkpoints_dir=store.attempt_checkpoints_dir(job_id, attempt),
             on_progress=callbacks.on_progress, on_event=callbacks.on_event, should_stop=callbacks.should_stop,
-            resume_from=resume_from, on_data=callbacks.on_data, checkpoint_seconds=settings.checkpoint_seconds,
+            resume_from=resume_from, on_data=callbacks.on_data, on_method=callbacks.on_method,
+            checkpoint_seconds=settings.checkpoint_seconds,
             default_license=settings.default_license,
         )
         promotion = None
@@ -517,7 +532,7 @@ def main(argv: list[str]) -> int:
 # What a job's process imports before it can train: ~7 s of a CPU, paid by a standby before its job is known.
 PRELOAD = ("torch", "transformers", "datasets", "training.runner", "training.data", "training.tasks.classification",
            "training.tasks.question_answering", "training.tasks.summarization", "training.tasks.generation",
-           "worker.operations")
+           "worker.operations", "peft")  # peft: a LoRA job's (its import is ~2 s of a CPU too)
 PRELOAD_ATTRS = ("Trainer", "Seq2SeqTrainer", "TrainingArguments", "AutoConfig", "AutoTokenizer",
                  "AutoModelForSequenceClassification", "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
                  "AutoModelForCausalLM", "DataCollatorWithPadding")

@@ -8,6 +8,7 @@ import logging
 import os
 from datetime import timedelta
 from functools import partial
+from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -35,9 +36,9 @@ from registry.access import EVERYONE, Viewer
 from registry.datafiles import Limits, iter_rows
 from registry.datasets import cached_check, check_key, profile_of
 from registry.db import session_scope
-from registry.models import Dataset, Job, RegisteredModel
+from registry.models import Dataset, Job, ModelVersion, RegisteredModel
 from registry.store import ArtifactStore
-from training.spec import JobRequest, JobSpec, build_spec, hub_repo_id, server_push_problem
+from training.spec import JobRequest, JobSpec, LoraMethod, build_spec, hub_repo_id, server_push_problem
 from training.tasks import implemented
 from worker.dispatch import send_job
 
@@ -96,17 +97,46 @@ def _resolve_base_model(session: Session, spec: JobSpec, viewer: Viewer) -> str:
     return f"hub:{spec.base_model}"
 
 
+def _cached_snapshot(repo_id: str) -> FsPath | None:
+    """The folder of the cached snapshot `from_pretrained(repo_id)` loads offline, if this server has one."""
+    from huggingface_hub import try_to_load_from_cache
+
+    # The cache this process's libraries load from (HF_HOME is set at start; read now, not at import).
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", get_settings().hf_home), "hub")
+    found = try_to_load_from_cache(repo_id=repo_id, filename="config.json", cache_dir=cache)
+    return FsPath(found).parent if isinstance(found, str) else None
+
+
+def _check_method(session: Session, store: ArtifactStore, spec: JobSpec, resolved: str) -> None:
+    """A base that is a LoRA adapter is refused (an adapter trains on a full model); a LoRA job's target_modules
+    are checked against the base's layers when its weights are on this server (else the worker checks them)."""
+    from training.lora import check_targets_at_submit
+
+    kind, _, rest = resolved.partition(":")
+    folder: FsPath | None = None
+    if kind == "model":
+        name, _, number = rest.rpartition(":")
+        mv = session.get(ModelVersion, (name, int(number)))
+        if mv is not None and mv.method == "lora":
+            base = str(((mv.adapter or {}).get("base") or {}).get("resolved") or "its base").removeprefix("hub:")
+            raise ValidationFailed(
+                f"base_model '{spec.base_model}' is a LoRA adapter version (it loads on {base}); a job cannot train "
+                f"from an adapter: use its base_model '{base.removeprefix('model:')}' (with method lora for another "
+                "adapter)")
+        folder = store.version_dir(name, int(number))
+    if isinstance(spec.method, LoraMethod):
+        if folder is None:
+            folder = _cached_snapshot(rest)
+        check_targets_at_submit(spec.method, folder=folder, model=spec.base_model)
+
+
 def _check_not_a_cached_hub_model(session: Session, name: str) -> None:
     """A bare registered name wins over a hub id spelled the same, for every key that may not use it a 404: a new
     name that is a hub model this server has cached (`gpt2`, `t5-small`) would take that base model from
     everyone."""
     if session.get(RegisteredModel, name) is not None:
         return  # the name is registered already: this job adds a version
-    from huggingface_hub import try_to_load_from_cache
-
-    # The cache this process's libraries load from (HF_HOME is set at start; read now, not at import).
-    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", get_settings().hf_home), "hub")
-    if isinstance(try_to_load_from_cache(repo_id=name, filename="config.json", cache_dir=cache), str):
+    if _cached_snapshot(name) is not None:
         raise Conflict(f"model_name '{name}' is a Hugging Face model in this server's cache; a registered model of "
                        "that name would hide it as a base_model from every other key: choose another model_name")
 
@@ -186,6 +216,7 @@ def _create(session: Session, store: ArtifactStore, viewer: Viewer, body: dict[s
     if spec.task not in implemented():
         raise ValidationFailed(f"task '{spec.task}' is not available yet; available: {', '.join(implemented())}")
     resolved = _resolve_base_model(session, spec, viewer)
+    _check_method(session, store, spec, resolved)
     _check_data(session, store, spec, viewer)
     if spec.push is not None:
         _check_job_push(spec)

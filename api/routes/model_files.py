@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from api.routes.jobs import _check_not_a_cached_hub_model, parse_body, submit_op
 from api.routes.models import Name, Version, _model, _owned, _version
 from api.schemas import job_out, version_out
 from api.uploads import receive_upload
-from core.errors import NotReady, ValidationFailed
+from core.errors import NotReady, ValidationFailed, scrub_paths
 from core.ids import new_id
 from core.settings import Settings
 from inference.importing import TASKS, Checked, check_model_folder, write_params
@@ -55,17 +56,45 @@ IMPORT_BODY = {"requestBody": {"required": True, "content": {
 @router.get("/{name}/versions/{version}/archive", response_class=StreamingResponse, responses={
     200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
           "description": "The version folder as a .tar.gz."}, **VALIDATED, **errors(404, 503)})
-def export_version(name: Name, version: Version, session: SessionDep, store: StoreDep, viewer: ViewerDep
-                   ) -> StreamingResponse:
-    """The version folder as a .tar.gz, members under `{name}-{version}/`, produced while it is sent."""
+def export_version(name: Name, version: Version, session: SessionDep, store: StoreDep, viewer: ViewerDep,
+                   merged: bool = False) -> StreamingResponse:
+    """The version folder as a .tar.gz, members under `{name}-{version}/`, produced while it is sent.
+
+    `?merged=true` on a LoRA adapter version: a full model instead (members under `{name}-{version}-merged/`), the
+    base with the adapter merged in — safetensors weights, config, tokenizer, training_params.json and a card that
+    names the base — a folder that loads with plain `transformers` and imports as a full version. A full version's
+    folder is already that, and is sent as it is."""
     _model(session, name, viewer)
     mv = _version(session, name, version)
     folder = store.version_dir(mv.name, mv.version)
     if not folder.is_dir():
         raise NotReady(f"the files of model '{name}' version {version} are missing on this server")
     arcroot = f"{mv.name}-{mv.version}"  # a model name is [a-z0-9._-]: safe in a header and a path
-    return StreamingResponse(stream_tar_gz(folder, arcroot=arcroot), media_type="application/gzip",
+    work: Path | None = None
+    if merged and mv.method == "lora":
+        from inference.adapters import write_merged
+
+        arcroot += "-merged"
+        work = store.import_dir(new_id("exp"))
+        try:
+            folder = write_merged(folder, work / arcroot, task=mv.task, name=mv.name, version=mv.version)
+        except Exception as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            log.exception("merging %s:%s for export failed", mv.name, mv.version)
+            raise NotReady(f"the adapter of {mv.name}:{mv.version} could not be merged into its base "
+                           f"({type(exc).__name__}: {scrub_paths(str(exc))[:200]})") from exc
+    chunks = stream_tar_gz(folder, arcroot=arcroot)
+    return StreamingResponse(chunks if work is None else _removing(chunks, work), media_type="application/gzip",
                              headers={"Content-Disposition": f'attachment; filename="{arcroot}.tar.gz"'})
+
+
+async def _removing(chunks: AsyncIterator[bytes], work: Path) -> AsyncIterator[bytes]:
+    """`chunks`, then `work` (a merged export's folder) removed, however the response ends."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, work, ignore_errors=True))
 
 
 def _check_target(session: Any, name: str, viewer: Viewer) -> None:

@@ -8,7 +8,11 @@ predictor does both (`predictor(inputs, **params)`). The batcher keys batches by
 still share a batch.
 
 `model` stays a plain attribute that is called as `model(**features)` (or `model.generate(...)`), so the service
-may replace it after loading (half precision on a GPU, int8, another runtime).
+may replace it after loading (half precision on a GPU, int8, another runtime). A LoRA adapter version's predictor
+is given its model instead of loading one (inference/adapters.py: the shared base, run with this adapter); then a
+batch may hold inputs encoded by several adapter predictors of one base (`Encoded.source`), and `predict` runs them
+in one forward pass, each row with its own adapter (`adapter_names`), and post-processes each input with what its
+own predictor knows (labels, answer length, tokenizer).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class Encoded:
 
     rows: list[dict[str, list[int]]]
     meta: Any = None
+    # The predictor that encoded it, when that may not be the one that runs it: an adapter version's, in a batch of
+    # inputs for several adapters of one shared base. None: the predictor running it.
+    source: Predictor | None = None
 
     @property
     def lengths(self) -> list[int]:
@@ -42,10 +49,27 @@ def one_row_each(enc: Any, count: int) -> list[Encoded]:
     return [Encoded([{k: enc[k][i] for k in keys}]) for i in range(count)]
 
 
-def features_of(encoded: Sequence[Encoded]) -> dict[str, list[list[int]]]:
-    """The rows of `encoded`, in order, as unpadded tokenizer features: {name: [row, …]}."""
+def adapter_rows(encoded: Sequence[Encoded], owners: Sequence[int]) -> list[str] | None:
+    """The adapter of each row (`owners`: each row's input, from `features_of`), or None when no input comes from
+    an adapter predictor (a full model's batch)."""
+    names = [getattr(getattr(item.source, "model", None), "adapter_name", None) for item in encoded]
+    if all(name is None for name in names):
+        return None
+    return [names[i] for i in owners]
+
+
+def features_of(encoded: Sequence[Encoded]) -> tuple[dict[str, list[list[int]]], list[int]]:
+    """The rows of `encoded` as unpadded tokenizer features ({name: [row, …]}), and for each row the index of the
+    input it belongs to."""
     keys = [k for k in FEATURES if encoded and encoded[0].rows and k in encoded[0].rows[0]]
-    return {k: [row[k] for item in encoded for row in item.rows] for k in keys}
+    features: dict[str, list[list[int]]] = {k: [] for k in keys}
+    owners: list[int] = []
+    for index, item in enumerate(encoded):
+        for row in item.rows:
+            for k in keys:
+                features[k].append(row[k])
+            owners.append(index)
+    return features, owners
 
 
 class Predictor(ABC):
@@ -61,16 +85,24 @@ class Predictor(ABC):
 
     sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        import transformers
-
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None) -> None:
+        """`model`, `tokenizer`: already loaded (an adapter version's model on its shared base, a tokenizer shared
+        with the base's other adapters); else the folder's are loaded."""
         from training.modeling import load_model, load_tokenizer
         from training.params_file import read_training_params
 
         self.device = device
-        self.tokenizer = load_tokenizer(str(model_dir))
-        self.model = load_model(getattr(transformers, self.auto_class), str(model_dir)).to(device).eval()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(str(model_dir))
+        if model is None:
+            import transformers
+
+            model = load_model(getattr(transformers, self.auto_class), str(model_dir)).to(device).eval()
+        self.model = model
         self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
+
+    def by(self, item: Encoded) -> Predictor:
+        """The predictor whose settings (labels, answer length, tokenizer) apply to `item`."""
+        return item.source or self
 
     def warm_up(self) -> None:
         """One encode before serving: it sets the fast tokenizer's truncation and padding state, which every later

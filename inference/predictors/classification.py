@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictors.base import Encoded, Predictor, features_of, one_row_each
+from inference.predictors.base import Encoded, Predictor, adapter_rows, features_of, one_row_each
 
 
 class ClassificationPredictor(Predictor):
@@ -18,8 +18,9 @@ class ClassificationPredictor(Predictor):
     auto_class = "AutoModelForSequenceClassification"
     zero_wait = True
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        super().__init__(model_dir, device=device)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         self.max_length = int(self.serving.get("max_length", 512))
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
 
@@ -28,19 +29,31 @@ class ClassificationPredictor(Predictor):
         return one_row_each(enc, len(inputs))
 
     def predict(self, encoded: Sequence[Encoded], *, top_k: int | None = 1) -> list[list[dict[str, Any]]]:
+        # Adapters of one base may have label sets of different sizes: peft gathers a mixed batch's head outputs
+        # row by row into one tensor, so only heads of one width share a forward pass.
+        by_width: dict[int, list[int]] = {}
+        for index, item in enumerate(encoded):
+            by_width.setdefault(len(self.by(item).id2label), []).append(index)
+        ranked: list[list[dict[str, Any]]] = [[] for _ in encoded]
+        for indices in by_width.values():
+            items = [encoded[i] for i in indices]
+            for index, row in zip(indices, self._probabilities(items), strict=True):
+                id2label = self.by(encoded[index]).id2label
+                k = len(row) if top_k is None else min(top_k, len(row))
+                order = np.argsort(-row, kind="stable")[:k]
+                ranked[index] = [{"label": id2label[int(i)], "score": float(row[i])} for i in order]
+        return ranked
+
+    def _probabilities(self, encoded: Sequence[Encoded]) -> np.ndarray:
         import torch
 
         from inference.batching import grouped_forward
 
-        features = features_of(encoded)  # one row per text
-        probs = np.empty((len(encoded), len(self.id2label)), dtype=np.float32)
+        features, owners = features_of(encoded)  # one row per text
+        probs = np.empty((len(encoded), len(self.by(encoded[0]).id2label)), dtype=np.float32)
         # Similar lengths forward together: padding to the longest of a mixed batch doubles the compute.
         with torch.inference_mode():
-            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device):
+            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device,
+                                              adapters=adapter_rows(encoded, owners)):
                 probs[group] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-        k = probs.shape[1] if top_k is None else min(top_k, probs.shape[1])
-        ranked = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            ranked.append([{"label": self.id2label[int(i)], "score": float(row[i])} for i in order])
-        return ranked
+        return probs

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailed
-from inference.predictors.base import Encoded, Predictor
+from inference.predictors.base import Encoded, Predictor, adapter_rows
 
 
 class _StopOn:
@@ -74,10 +74,11 @@ class GenerationPredictor(Predictor):
     # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
     input_params = frozenset({"max_new_tokens"})
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
         from training.modeling import ensure_pad_token
 
-        super().__init__(model_dir, device=device)
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         ensure_pad_token(self.tokenizer)
 
     def encode(self, inputs: Sequence[str], *, max_new_tokens: int = 64, **params: Any) -> list[Encoded]:
@@ -108,14 +109,17 @@ class GenerationPredictor(Predictor):
         ids = [item.rows[0]["input_ids"] for item in encoded]
         budgets: list[int] = [item.meta for item in encoded]
         if params.get("do_sample") and params.get("seed") is not None:
-            return [self._one(row, max_new_tokens=n, **params) for row, n in zip(ids, budgets, strict=True)]
+            return [self.by(item)._one(row, max_new_tokens=n, **params)
+                    for item, row, n in zip(encoded, ids, budgets, strict=True)]
+        adapters = adapter_rows(encoded, range(len(encoded)))  # one row per prompt
         out: list[Any] = [{}] * len(encoded)
         groups: dict[int, list[int]] = {}
         exact = float(params.get("repetition_penalty", 1.0)) != 1.0
         for index, row in enumerate(ids):
             groups.setdefault(len(row) if exact else 0, []).append(index)
         for indices in groups.values():
-            results = self._padded([ids[i] for i in indices], [budgets[i] for i in indices], **params)
+            results = self._padded([ids[i] for i in indices], [budgets[i] for i in indices],
+                                   adapters=None if adapters is None else [adapters[i] for i in indices], **params)
             for index, result in zip(indices, results, strict=True):
                 out[index] = result
         return out
@@ -150,7 +154,8 @@ class GenerationPredictor(Predictor):
             finish = "eos"
         return {"text": text, "finish_reason": finish, "tokens": len(new)}
 
-    def _padded(self, rows: list[list[int]], budgets: list[int], *, min_new_tokens: int = 0,
+    def _padded(self, rows: list[list[int]], budgets: list[int], *, adapters: list[str] | None = None,
+                min_new_tokens: int = 0,
                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 50,
                 repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None
                 ) -> list[dict[str, Any]]:
@@ -171,6 +176,8 @@ class GenerationPredictor(Predictor):
             criteria.append(_RowBudgets(width, budgets))
         if criteria:
             kwargs["stopping_criteria"] = criteria
+        if adapters is not None:  # prompts for several adapters of one shared base: each row its own
+            kwargs["adapter_names"] = adapters
         with _sampling(do_sample), torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         return [self._finish(row.tolist()[:budget], max_new_tokens=budget, stop=stop)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictors.base import FEATURES, Encoded, Predictor, features_of
+from inference.predictors.base import FEATURES, Encoded, Predictor, adapter_rows, features_of
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class QuestionAnsweringPredictor(Predictor):
     zero_wait = True
     sample_input = ("warm-up", "warm-up")
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        super().__init__(model_dir, device=device)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         self.max_length = int(self.serving.get("max_length", 384))
         self.doc_stride = int(self.serving.get("doc_stride", 128))
         self.max_answer_length = int(self.serving.get("max_answer_length", 30))
@@ -59,17 +60,30 @@ class QuestionAnsweringPredictor(Predictor):
         from inference.batching import grouped_forward
         from training.qa_postprocess import Window, best_spans
 
-        features = features_of(encoded)  # one row per window, in the order of the windows below
+        features, owners = features_of(encoded)  # one row per window, in the order of the windows below
         windows = [Window(index, offsets) for index, item in enumerate(encoded) for offsets in item.meta.offsets]
         start_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
         end_logits: list[np.ndarray] = [np.empty(0)] * len(windows)
         # Windows of similar length forward together (rows come back ragged; post-processing reads each
         # window's own positions only).
         with torch.inference_mode():
-            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device):
+            for group, out in grouped_forward(self.tokenizer, self.model, features, self.device,
+                                              adapters=adapter_rows(encoded, owners)):
                 starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
                 for row, i in enumerate(group):
                     start_logits[i], end_logits[i] = starts[row], ends[row]
-        spans = best_spans(contexts=[item.meta.text for item in encoded], windows=windows, start_logits=start_logits,
-                           end_logits=end_logits, max_answer_length=self.max_answer_length)
-        return [{"answer": s.answer, "score": s.score, "start": s.start, "end": s.end} for s in spans]
+        # Post-processed per answer length (adapters of one base in one batch may have been trained with others).
+        by_length: dict[int, list[int]] = {}
+        for index, item in enumerate(encoded):
+            by_length.setdefault(self.by(item).max_answer_length, []).append(index)
+        answers: list[dict[str, Any]] = [{} for _ in encoded]
+        for max_answer_length, indices in by_length.items():
+            renumber = {index: n for n, index in enumerate(indices)}
+            rows = [w for w, window in enumerate(windows) if window.example_index in renumber]
+            spans = best_spans(contexts=[encoded[i].meta.text for i in indices],
+                               windows=[Window(renumber[windows[w].example_index], windows[w].offsets) for w in rows],
+                               start_logits=[start_logits[w] for w in rows], end_logits=[end_logits[w] for w in rows],
+                               max_answer_length=max_answer_length)
+            for index, s in zip(indices, spans, strict=True):
+                answers[index] = {"answer": s.answer, "score": s.score, "start": s.start, "end": s.end}
+        return answers

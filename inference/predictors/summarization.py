@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.predictors.base import Encoded, Predictor, features_of, one_row_each
+from inference.predictors.base import Encoded, Predictor, adapter_rows, features_of, one_row_each
 
 # Generation runs in slices of this many documents: memory stays bounded for large requests.
 PREDICT_BATCH = 16
@@ -25,8 +25,9 @@ class SummarizationPredictor(Predictor):
     task = "summarization"
     auto_class = "AutoModelForSeq2SeqLM"
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu") -> None:
-        super().__init__(model_dir, device=device)
+    def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
+                 ) -> None:
+        super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         # Encoder inputs padded on the right keep every real token's position: batched equals unbatched.
         self.tokenizer.padding_side = "right"
         self.prefix = str(self.serving.get("prefix") or "")
@@ -71,11 +72,14 @@ class SummarizationPredictor(Predictor):
         out: list[str] = [""] * len(encoded)
         for group in self.run_order(encoded):
             for start in range(0, len(group), PREDICT_BATCH):
-                chunk = group[start:start + PREDICT_BATCH]
-                features = features_of([encoded[i] for i in chunk])
+                chunk_ids = group[start:start + PREDICT_BATCH]
+                chunk = [encoded[i] for i in chunk_ids]
+                features, owners = features_of(chunk)
                 batch = self.tokenizer.pad(features, return_tensors="pt")
+                adapters = adapter_rows(chunk, owners)  # adapters of one base: each row its own (peft, beams too)
                 with torch.inference_mode():
                     generated = self.model.generate(
+                        **({} if adapters is None else {"adapter_names": adapters}),
                         **{k: v.to(self.device) for k, v in batch.items()},
                         max_new_tokens=max_new_tokens,
                         min_new_tokens=min_new_tokens,
@@ -84,7 +88,6 @@ class SummarizationPredictor(Predictor):
                         no_repeat_ngram_size=no_repeat_ngram_size,
                         do_sample=False,
                     )
-                for i, text in zip(chunk, self.tokenizer.batch_decode(generated, skip_special_tokens=True),
-                                   strict=True):
-                    out[i] = text.strip()
+                for i, item, row in zip(chunk_ids, chunk, generated, strict=True):
+                    out[i] = self.by(item).tokenizer.decode(row, skip_special_tokens=True).strip()
         return out
