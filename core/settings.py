@@ -90,8 +90,8 @@ class Settings(BaseSettings):
     continuous_batching: bool = Field(default=True, description=(
         "/generate in one decode loop per model: requests join and leave the running batch at every step."))
     max_generation_tokens: int = Field(default=16384, ge=1, description=(
-        "Tokens in flight per generation model (prompt + max_new_tokens of every running request, reserved at "
-        "admission); beyond it requests wait."))
+        "KV-cache positions per generation model: running rows x the longest row's prompt + max_new_tokens "
+        "(rows are padded to the longest), reserved at admission; beyond it requests wait."))
     max_batch_wait_ms: float = Field(default=5.0, ge=0, description=(
         "How long a /summarize or /generate batch waits to fill up (/classify and /answer never wait)."))
     max_batch_tokens: int = Field(

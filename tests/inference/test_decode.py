@@ -84,8 +84,9 @@ def test_sixteen_prompts_of_different_lengths_equal_unbatched_generate(predictor
     results = [f.result(120) for f in futures]
     reference = [predictor._one(t, max_new_tokens=n) for t, n in zip(texts, budgets, strict=True)]
     assert results == reference
-    assert loop.reserved == 0 and loop.high_water == sum(len(ids(predictor, t)) + n
-                                                         for t, n in zip(texts, budgets, strict=True))
+    # Reserved: rows x the longest reservation (the padded KV buffer), back to 0 once every row has left.
+    longest = max(len(ids(predictor, t)) + n for t, n in zip(texts, budgets, strict=True))
+    assert loop.reserved == 0 and longest <= loop.high_water <= 16 * longest
 
 
 def test_stop_strings_and_min_new_tokens_as_unbatched(predictor: GenerationPredictor) -> None:
@@ -195,3 +196,38 @@ def test_a_stream_closed_before_it_was_read_releases_its_model_once() -> None:
         assert released == [1] and sink.cancel.is_set()
 
     asyncio.run(main())
+
+
+
+def test_the_budget_counts_each_row_as_long_as_the_longest(predictor: GenerationPredictor) -> None:
+    long_ids, short_ids = ids(predictor, "the king"), ids(predictor, "the queen of the north")
+    # Room for one 100-token row and a 2-token one if only their own tokens counted, but not once the short
+    # row is padded to the long one (which is how the KV buffer holds them).
+    budget = 2 * (len(long_ids) + 100) - 1
+    loop = make_loop(predictor, max_tokens=budget)
+    running, go_on = held(loop, long_ids, 100)
+    short = loop.submit(Request(short_ids, 2))
+    assert loop.waiting == 1 and loop.reserved == len(long_ids) + 100
+    go_on.set()
+    assert short.result(60)["tokens"] == 2
+    assert running.future.done()  # the short request started only once the long one had left
+    assert loop.high_water == len(long_ids) + 100
+
+
+def test_the_kv_buffer_never_holds_more_positions_than_the_budget(predictor: GenerationPredictor) -> None:
+    texts = prompts(8)
+    budgets = [30, 4, 12, 25, 3, 18, 9, 27]
+    longest = max(len(ids(predictor, t)) + n for t, n in zip(texts, budgets, strict=True))
+    loop = make_loop(predictor, max_tokens=3 * longest)  # about three rows at a time
+    seen: list[tuple[int, int]] = []
+
+    def watch(_: str) -> None:  # called on the loop's thread at every token: the buffer as it is then
+        seen.append((loop.kv_positions, loop.reserved))
+
+    futures = [loop.submit(Request(ids(predictor, t), n, min_new_tokens=n, on_text=watch))
+               for t, n in zip(texts, budgets, strict=True)]
+    assert [f.result(120)["tokens"] for f in futures] == budgets
+    assert max(kv for kv, _ in seen) > longest  # rows did share the buffer
+    assert all(kv <= 3 * longest and reserved <= 3 * longest for kv, reserved in seen)
+    assert loop.high_water <= 3 * longest and loop.reserved == 0 and loop.kv_positions == 0
+
