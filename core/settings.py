@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     quantize_int8: bool = Field(
         default=False, description="int8 dynamic quantization of Linear layers for CPU serving."
     )
+    onednn_linear: bool = Field(default=True, description=(
+        "Generation models on CPU compute their linear layers with oneDNN on weights packed once at load "
+        "(decoding steps of many rows ~1.9x faster; the packed copy doubles those weights' memory)."))
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     continuous_batching: bool = Field(default=True, description=(
         "/generate in one decode loop per model: requests join and leave the running batch at every step."))

@@ -28,7 +28,8 @@ _RESOLVED_MAX = 4096
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0) -> Any:
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, onednn_linear: bool = False,
+                    torch_threads: int = 0) -> Any:
     from pathlib import Path
 
     import torch
@@ -47,6 +48,10 @@ def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_
     elif quantize_int8:
         predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
         log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
+    elif onednn_linear and task == "generation":
+        from inference.onednn import pack_linear_layers
+
+        log.info("%d linear layers of %s on oneDNN with packed weights", pack_linear_layers(predictor.model), path)
     return predictor
 
 
@@ -85,6 +90,7 @@ class InferenceService:
         self.settings = settings
         self.cache = ModelCache(capacity=settings.model_cache_size,
                                 loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
+                                               onednn_linear=settings.onednn_linear,
                                                torch_threads=settings.torch_threads),
                                 max_bytes=settings.model_cache_mb * 1024 * 1024)
         # One forward thread per loaded model: one forward at a time (interleaving gains nothing on shared cores
