@@ -2,7 +2,8 @@
 
 The least recently used model goes first, but never one with requests in flight: a load that finds
 every slot busy waits until one frees up or its deadline passes. Concurrent first requests for a
-model load it once.
+model load it once. A model that leaves (evicted or discarded) is handed to `on_unload`, outside the
+cache's lock, so that what still holds it (a decode loop's thread) lets go of it at once.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ class _Entry:
 
 class ModelCache:
     def __init__(self, *, capacity: int, loader: Callable[[str, str], Any], max_bytes: int = 0,
-                 sizer: Callable[[str], int] = weights_on_disk) -> None:
+                 sizer: Callable[[str], int] = weights_on_disk,
+                 on_unload: Callable[[Any], None] = lambda _predictor: None) -> None:
         self.capacity = max(1, capacity)
         self.max_bytes = max_bytes
         self._loader = loader
         self._sizer = sizer
+        self._on_unload = on_unload
         self._items: OrderedDict[str, _Entry] = OrderedDict()
         self._reserved: dict[str, int] = {}  # room made for loads in progress
         self._loading: dict[str, threading.Lock] = {}
@@ -93,9 +96,13 @@ class ModelCache:
                 if entry is not None:
                     return entry
             size = self._sizer(path)
-            with self._cond:
-                self._make_room(key, size, deadline)
-                self._reserved[key] = size
+            evicted: list[_Entry] = []
+            try:
+                with self._cond:
+                    self._make_room(key, size, deadline, evicted)
+                    self._reserved[key] = size
+            finally:
+                self._unloaded(evicted)  # before loading: the new model's memory is what eviction made room for
             try:
                 t0 = time.perf_counter()
                 # One load at a time in the process: `from_pretrained` patches process-global torch state while
@@ -129,12 +136,13 @@ class ModelCache:
         count = len(self._items) + len(self._reserved)
         return count + 1 > self.capacity or (self.max_bytes > 0 and used + size > self.max_bytes)
 
-    def _make_room(self, key: str, size: int, deadline: float) -> None:
-        """Evict idle models, least recently used first, until `size` more fits; wait while all are busy."""
+    def _make_room(self, key: str, size: int, deadline: float, evicted: list[_Entry]) -> None:
+        """Evict idle models (into `evicted`), least recently used first, until `size` more fits; wait while all
+        are busy."""
         while (self._items or self._reserved) and self._over(size):
             idle = next((k for k, e in self._items.items() if e.in_flight == 0), None)
             if idle is not None:
-                del self._items[idle]
+                evicted.append(self._items.pop(idle))
                 metrics.LOADED_MODELS.set(len(self._items))
                 log.info("evicted %s to make room for %s", idle, key)
                 continue
@@ -148,10 +156,19 @@ class ModelCache:
         """Unload `key` now if no request is using it (a deleted version); a busy one is left to eviction."""
         with self._cond:
             entry = self._items.get(key)
-            if entry is not None and entry.in_flight == 0:
-                del self._items[key]
-                metrics.LOADED_MODELS.set(len(self._items))
-                self._cond.notify_all()
+            if entry is None or entry.in_flight > 0:
+                return
+            del self._items[key]
+            metrics.LOADED_MODELS.set(len(self._items))
+            self._cond.notify_all()
+        self._unloaded([entry])
+
+    def _unloaded(self, entries: list[_Entry]) -> None:
+        for entry in entries:
+            try:
+                self._on_unload(entry.predictor)
+            except Exception:  # the model is out of the cache either way; what held it may linger
+                log.exception("releasing an unloaded model failed")
 
     def loaded(self) -> list[str]:
         with self._cond:

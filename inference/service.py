@@ -16,7 +16,7 @@ from core.cpus import size_torch_threads
 from core.settings import Settings
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK, ModelCache
-from inference.continuous import ContinuousGeneration
+from inference.continuous import ContinuousGeneration, close_decode_loop
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from inference.streaming import StreamGate, Ticket, TokenSink, run_stream
 from registry import stamp, versions
@@ -92,7 +92,7 @@ class InferenceService:
                                 loader=partial(_load_predictor, quantize_int8=settings.quantize_int8,
                                                onednn_linear=settings.onednn_linear,
                                                torch_threads=settings.torch_threads),
-                                max_bytes=settings.model_cache_mb * 1024 * 1024)
+                                max_bytes=settings.model_cache_mb * 1024 * 1024, on_unload=close_decode_loop)
         # One forward thread per loaded model: one forward at a time (interleaving gains nothing on shared cores
         # and costs memory), and always the same thread, so torch keeps one OpenMP team per model instead of
         # waking a fresh one for each batch (10-20% of a small model's throughput when threads rotate).

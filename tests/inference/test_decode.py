@@ -198,6 +198,30 @@ def test_a_stream_closed_before_it_was_read_releases_its_model_once() -> None:
     asyncio.run(main())
 
 
+def test_an_evicted_model_s_loop_ends_and_lets_go_of_the_weights(hf_home: Path) -> None:
+    import gc
+    import weakref
+
+    from core.settings import Settings
+    from inference.cache import ModelCache
+    from inference.continuous import close_decode_loop, decode_loop
+
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    cache = ModelCache(capacity=1, loader=lambda _task, path: GenerationPredictor(Path(path)), sizer=lambda _p: 1,
+                       on_unload=close_decode_loop)
+    settings = Settings(max_generation_tokens=10_000, max_queue_items=8, max_batch_size=8)
+    with cache.use("tiny:1", task="generation", path=str(snapshot)) as loaded:
+        loop = decode_loop(loaded, "tiny:1", settings)
+        assert loop.submit(Request(ids(loaded, "the king"), 4)).result(60)["tokens"] == 4
+        model = weakref.ref(loaded.model)
+    thread = loop._thread
+    del loaded, loop
+    assert thread is not None and thread.is_alive()  # an idle loop waits IDLE_SECONDS for more work
+    cache.get("tiny:2", task="generation", path=str(snapshot))  # evicts tiny:1
+    assert not thread.is_alive()
+    gc.collect()  # (transformers' modules hold reference cycles of their own)
+    assert model() is None, gc.get_referrers(model())
+
 
 def test_the_budget_counts_each_row_as_long_as_the_longest(predictor: GenerationPredictor) -> None:
     long_ids, short_ids = ids(predictor, "the king"), ids(predictor, "the queen of the north")
