@@ -255,3 +255,41 @@ def test_the_kv_buffer_never_holds_more_positions_than_the_budget(predictor: Gen
     assert all(kv <= 3 * longest and reserved <= 3 * longest for kv, reserved in seen)
     assert loop.high_water <= 3 * longest and loop.reserved == 0 and loop.kv_positions == 0
 
+
+def test_a_stream_ends_with_the_error_its_row_met(hf_home: Path) -> None:
+    """What a stream's reader gets is the row's own error (the route turns its type into the event's error type and
+    the status counted in /metrics): a deadline passed while waiting is a DeadlineExceeded, a row that cannot sample
+    its ValueError, and the model goes on serving."""
+    import asyncio
+
+    from core.errors import DeadlineExceeded
+    from core.settings import Settings
+    from inference.cache import ModelCache
+    from inference.continuous import ContinuousGeneration, close_decode_loop, decode_loop
+
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    cache = ModelCache(capacity=1, loader=lambda _task, path: GenerationPredictor(Path(path)), sizer=lambda _p: 1,
+                       on_unload=close_decode_loop)
+    prompt = "the king"
+    service = ContinuousGeneration(cache, Settings(max_generation_tokens=100, max_queue_items=8))
+
+    async def read(**params: Any) -> list[dict[str, Any]]:
+        stream = await service.open_stream("tiny:1", "generation", str(snapshot), prompt, **params)
+        return [chunk async for chunk in stream]
+
+    async def main() -> None:
+        with pytest.raises(ValueError):  # temperature 0: no distribution to sample from
+            await read(timeout=60, max_new_tokens=4, do_sample=True, temperature=0.0)
+        predictor = cache.get("tiny:1", task="generation", path=str(snapshot))
+        running, go_on = held(decode_loop(predictor, "tiny:1", service.settings), ids(predictor, prompt), 90)
+        threading.Timer(0.5, go_on.set).start()  # the loop goes on past the stream's deadline; the row runs on
+        with pytest.raises(DeadlineExceeded):  # the running row holds the whole budget past the stream's deadline
+            await read(timeout=0.2, max_new_tokens=4)
+        assert running.future.result(60)["tokens"] == 90
+        assert (await read(timeout=60, max_new_tokens=3))[-1]["done"]["tokens"] == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        for key in cache.loaded():
+            cache.discard(key)
