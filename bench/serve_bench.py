@@ -37,7 +37,9 @@ Targets at 64 connections: ftserve req/s >= 2x naive, >= 80 % of the raw limit, 
 /generate: concurrent tokens/s >= 3x one at a time, equal-length and mixed; 16-token requests under the mixed load
 <= 3x alone; first streamed token with 16 running <= 3x idle. Per run, the CPU cores used by the server, by this
 process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
-Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing.
+Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing. `--generate-only` trains
+and measures the GPT-2 alone (steps 5 and 6, about 2 minutes instead of 8): for work on the decode loop; `wrk` is
+not needed then.
 
     apt-get install -y wrk
     cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 100] [--strict]
@@ -734,6 +736,17 @@ class Figures:
 
 
 def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
+    checks = [] if args.generate_only else classify_report(fig, args)
+    checks += generate_report(fig)
+    print("\n| target | figure | result |\n|---|---|---|")
+    for name, figure, ok in checks:
+        print(f"| {name} | {figure} | {verdict(ok)} |")
+    print(f"\nWhole bench: {time.monotonic() - started:.0f} s (training jobs {fig.train_seconds:.0f} s); load average "
+          f"at the end {load_average()}.", flush=True)
+    return all(ok for _, _, ok in checks)
+
+
+def classify_report(fig: Figures, args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     ft, naive, q8 = fig.points["ftserve"], fig.points["naive"], fig.points["ftserve int8"]
     limit, limit8 = fig.raw["fp32"], fig.raw["int8"]
     print(f"\n\nSummary. torch threads {args.threads} everywhere; ftserve max batch {args.max_batch_size}, "
@@ -759,7 +772,19 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
     print(f"int8 speed-up at 64 connections: ftserve {q8[-1].rps:.1f} / {ft[-1].rps:.1f} req/s = "
           f"{q8[-1].rps / ft[-1].rps:.2f}x; raw loop {limit8.texts_per_s:.1f} / {limit.texts_per_s:.1f} texts/s = "
           f"{limit8.texts_per_s / limit.texts_per_s:.2f}x.")
+    a64, n64 = ft[-1], naive[-1]
+    return [
+        (f"req/s ftserve / naive at 64 ≥ {MIN_OVER_NAIVE:g}x",
+         f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
+        (f"req/s ftserve / raw limit at 64 ≥ {MIN_OVER_LIMIT:.0%}",
+         f"{a64.rps:.1f} / {limit.texts_per_s:.1f} = {a64.rps / limit.texts_per_s:.0%}",
+         a64.rps / limit.texts_per_s >= MIN_OVER_LIMIT),
+        (f"ftserve p99 ≤ {MAX_TAIL:g} × p50 at 64", f"{a64.p99_ms:.1f} / {a64.p50_ms:.1f} ms = {a64.tail:.2f}",
+         a64.tail <= MAX_TAIL),
+    ]
 
+
+def generate_report(fig: Figures) -> list[tuple[str, str, bool]]:
     seq = fig.gen_sequential
     assert seq is not None
     concurrent = sorted(fig.gen_concurrent, key=lambda g: g.tokens_per_s)
@@ -788,15 +813,7 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
     print(f"\nTime to the first streamed token (max_new_tokens 16, {TTFT_REQUESTS} requests each): idle median "
           f"{ttft_idle:.3f} s, with 16 mixed clients running {ttft_loaded:.3f} s.")
 
-    a64, n64 = ft[-1], naive[-1]
-    checks = [
-        (f"req/s ftserve / naive at 64 ≥ {MIN_OVER_NAIVE:g}x",
-         f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
-        (f"req/s ftserve / raw limit at 64 ≥ {MIN_OVER_LIMIT:.0%}",
-         f"{a64.rps:.1f} / {limit.texts_per_s:.1f} = {a64.rps / limit.texts_per_s:.0%}",
-         a64.rps / limit.texts_per_s >= MIN_OVER_LIMIT),
-        (f"ftserve p99 ≤ {MAX_TAIL:g} × p50 at 64", f"{a64.p99_ms:.1f} / {a64.p50_ms:.1f} ms = {a64.tail:.2f}",
-         a64.tail <= MAX_TAIL),
+    return [
         (f"/generate tokens/s 16 concurrent / one at a time ≥ {MIN_GEN_SPEEDUP:g}x",
          f"{median.tokens_per_s:.1f} / {seq.tokens_per_s:.1f} = {median.tokens_per_s / seq.tokens_per_s:.2f}x "
          f"(median of {len(concurrent)} rounds)", median.tokens_per_s / seq.tokens_per_s >= MIN_GEN_SPEEDUP),
@@ -810,12 +827,6 @@ def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
          f"{ttft_loaded:.3f} / {ttft_idle:.3f} s = {ttft_loaded / ttft_idle:.2f}x",
          ttft_loaded / ttft_idle <= MAX_TTFT_SLOWDOWN),
     ]
-    print("\n| target | figure | result |\n|---|---|---|")
-    for name, figure, ok in checks:
-        print(f"| {name} | {figure} | {verdict(ok)} |")
-    print(f"\nWhole bench: {time.monotonic() - started:.0f} s (training jobs {fig.train_seconds:.0f} s); load average "
-          f"at the end {load_average()}.", flush=True)
-    return all(ok for _, _, ok in checks)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -832,6 +843,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads of ftserve's API, the naive server and the raw loop (default: cores)")
     parser.add_argument("--gen-rounds", type=int, default=3, help="measured rounds of 16 concurrent /generate")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="train and measure the GPT-2 only (/generate: equal-length, mixed, first token)")
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -845,6 +858,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_batch_size = int(Settings.model_fields["max_batch_size"].default)
     args.max_batch_wait_ms = float(Settings.model_fields["max_batch_wait_ms"].default)
     return args
+
+
+def generate_rounds(fig: Figures, client: Any, base_url: str, gen_ref: str, gen_dir: Path,
+                    args: argparse.Namespace) -> None:
+    """Steps 5 and 6: equal-length /generate rounds, the mixed traffic, and the first streamed token."""
+    fig.prompts = equal_length_prompts(gen_dir, GEN_REQUESTS, GEN_PROMPT_TOKENS)
+    generate_round(client, GENERATOR, gen_ref, fig.prompts[:1], concurrent=False)  # loads the model
+    generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True)  # warm-up, not counted
+    fig.gen_sequential = generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=False)
+    for _ in range(args.gen_rounds):
+        fig.gen_concurrent.append(generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True))
+    for g in [fig.gen_sequential, *fig.gen_concurrent]:
+        print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches "
+              f"({g.sizes})",
+              flush=True)
+
+    fig.mixed = mixed_requests(gen_dir)
+    mixed_round(client, GENERATOR, fig.mixed, concurrent=True)  # warm-up, not counted
+    fig.mixed_sequential = mixed_round(client, GENERATOR, fig.mixed, concurrent=False)
+    fig.mixed_concurrent = mixed_round(client, GENERATOR, fig.mixed, concurrent=True)
+    for m in (fig.mixed_sequential, fig.mixed_concurrent):
+        print(f"/generate mixed, {m.mode}: {m.seconds:.2f} s, {m.tokens_per_s:.1f} tokens/s", flush=True)
+    fig.ttft_idle = [first_token_seconds(base_url, GENERATOR, fig.mixed[0][0])
+                     for _ in range(TTFT_REQUESTS)]
+    fig.ttft_loaded = ttft_under_load(client, base_url, GENERATOR, fig.mixed, fig.mixed[0][0])
+    print(f"time to the first streamed token: idle median {statistics.median(fig.ttft_idle):.3f} s, with 16 "
+          f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -889,7 +929,7 @@ def run(args: argparse.Namespace) -> int:
             val_id = upload(api, "validation.csv", VALIDATION_CSV.read_bytes())
             corpus = GENERATION_TXT.read_text(encoding="utf-8")[:6000]
             corpus_id = upload(api, "corpus.txt", corpus[: corpus.rfind("\n\n")].encode())
-            cls_job = submit(api, {
+            cls_job = None if args.generate_only else submit(api, {
                 "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
                 "validation": {"id": val_id}, "model_name": CLASSIFIER,
                 "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16, "seed": 42,
@@ -897,14 +937,24 @@ def run(args: argparse.Namespace) -> int:
             gen_job = submit(api, {
                 "task": "generation", "base_model": GPT2_HUB_ID, "dataset": {"id": corpus_id},
                 "model_name": GENERATOR, "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32}})
-            cls = finished(api, cls_job)
             gen = finished(api, gen_job)
+            gen_ref = gen["model"]["ref"]
+            gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
+            client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
+            if cls_job is None:
+                fig.train_seconds = time.monotonic() - t_train
+                api.stop("worker")
+                print(f"\nTrained and registered {gen_ref} in {fig.train_seconds:.0f} s (GPT-2, vocabulary "
+                      f"{fig.vocab}, 1 step). Worker stopped.", flush=True)
+                generate_rounds(fig, client, api.base_url, gen_ref, gen_dir, args)
+                client.close()
+                return 1 if not report(fig, args, started) and args.strict else 0
+            cls = finished(api, cls_job)
             fig.train_seconds = time.monotonic() - t_train
             api.stop("worker")
             fig.job_accuracy = 100 * float(cls["metrics"]["accuracy"])
-            cls_ref, gen_ref = cls["model"]["ref"], gen["model"]["ref"]
+            cls_ref = cls["model"]["ref"]
             cls_dir = data_dir / "models" / CLASSIFIER / str(cls["model"]["version"])
-            gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
             from training.params_file import read_training_params
 
             fig.max_length = int(read_training_params(cls_dir)["serving"]["max_length"])
@@ -921,7 +971,6 @@ def run(args: argparse.Namespace) -> int:
                                            threads=args.threads, seconds=args.raw_seconds, int8=False, accuracy=False)
             print(fig.raw[UNBATCHED].text(UNBATCHED), flush=True)
 
-            client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
             first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
             if first.status_code != 200 or first.json()["model"] != cls_ref:
                 raise RuntimeError(f"ftserve /classify answered {first.status_code}: {first.text}")
@@ -929,28 +978,7 @@ def run(args: argparse.Namespace) -> int:
                                                 metrics_client=client, model_ref=cls_ref)
             fig.accuracy["fp32"] = endpoint_accuracy(client, CLASSIFIER, val_rows)
 
-            fig.prompts = equal_length_prompts(gen_dir, GEN_REQUESTS, GEN_PROMPT_TOKENS)
-            generate_round(client, GENERATOR, gen_ref, fig.prompts[:1], concurrent=False)  # loads the model
-            generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True)  # warm-up, not counted
-            fig.gen_sequential = generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=False)
-            for _ in range(args.gen_rounds):
-                fig.gen_concurrent.append(generate_round(client, GENERATOR, gen_ref, fig.prompts, concurrent=True))
-            for g in [fig.gen_sequential, *fig.gen_concurrent]:
-                print(f"/generate {g.mode}: {g.seconds:.2f} s, {g.tokens_per_s:.1f} tokens/s, {g.batches} batches "
-                      f"({g.sizes})",
-                      flush=True)
-
-            fig.mixed = mixed_requests(gen_dir)
-            mixed_round(client, GENERATOR, fig.mixed, concurrent=True)  # warm-up, not counted
-            fig.mixed_sequential = mixed_round(client, GENERATOR, fig.mixed, concurrent=False)
-            fig.mixed_concurrent = mixed_round(client, GENERATOR, fig.mixed, concurrent=True)
-            for m in (fig.mixed_sequential, fig.mixed_concurrent):
-                print(f"/generate mixed, {m.mode}: {m.seconds:.2f} s, {m.tokens_per_s:.1f} tokens/s", flush=True)
-            fig.ttft_idle = [first_token_seconds(api.base_url, GENERATOR, fig.mixed[0][0])
-                             for _ in range(TTFT_REQUESTS)]
-            fig.ttft_loaded = ttft_under_load(client, api.base_url, GENERATOR, fig.mixed, fig.mixed[0][0])
-            print(f"time to the first streamed token: idle median {statistics.median(fig.ttft_idle):.3f} s, with 16 "
-                  f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
+            generate_rounds(fig, client, api.base_url, gen_ref, gen_dir, args)
             client.close()
 
         # -- naive -------------------------------------------------------------------------------------------------
@@ -994,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_naive:
         serve_naive(args.port, args.model_dir, args.threads, args.max_length)
         return 0
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.generate_only:
         print("serve_bench: `wrk` was not found on PATH; it drives the load (a Python load generator takes a core "
               "of its own). Install it: apt-get install -y wrk", file=sys.stderr)
         return 2
