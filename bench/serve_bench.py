@@ -40,7 +40,9 @@ fastest CPU path >= 4x naive at <= 1 accuracy point below fp32;
 /generate: concurrent tokens/s >= 3x one at a time, equal-length and mixed; 16-token requests under the mixed load
 <= 3x alone; first streamed token with 16 running <= 3x idle. Per run, the CPU cores used by the server, by this
 process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
-Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing.
+Exits 0 unless `--strict` and a target fails; 2 when `wrk` or the shared data is missing. `--generate-only` trains
+and measures the GPT-2 alone (steps 5 and 6, about 2 minutes instead of 8): for work on the decode loop; `wrk` is
+not needed then.
 
     apt-get install -y wrk
     cd /work/main && .venv/bin/python bench/serve_bench.py [--duration 12] [--train-steps 100] [--strict]
@@ -892,7 +894,7 @@ def generate_report(fig: Figures) -> list[Check]:
 
 
 def report(fig: Figures, args: argparse.Namespace, started: float) -> bool:
-    checks = classify_report(fig, args)
+    checks = [] if args.generate_only else classify_report(fig, args)
     if not args.encoders_only:
         checks += generate_report(fig)
     print("\n| target | figure | result |\n|---|---|---|")
@@ -943,6 +945,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-tree", type=Path,
                         help="with --classify-only: another ftserve source tree (e.g. a checkout of main) whose API "
                              "serves the same model in the same run, to compare two versions' ratios to naive")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="train and measure the GPT-2 only (/generate: equal-length, mixed, first token)")
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -956,9 +960,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections must be positive and ascending")
     if args.serve_naive and (args.port is None or args.model_dir is None or args.max_length is None):
         parser.error("--serve-naive needs --port, --model-dir and --max-length")
-    if args.classify_only and args.encoders_only:
-        # --classify-only is already without GPT-2; it also leaves out what --encoders-only measures.
-        parser.error("--classify-only and --encoders-only are two different runs: choose one")
+    if sum((args.classify_only, args.encoders_only, args.generate_only)) > 1:
+        # Three different runs: --classify-only is already without GPT-2 and leaves out what --encoders-only
+        # measures; --generate-only is the other half.
+        parser.error("--classify-only, --encoders-only and --generate-only are different runs: choose one")
     if args.baseline_tree is not None and not args.classify_only:
         parser.error("--baseline-tree goes with --classify-only")
     if args.baseline_tree is not None and not (args.baseline_tree / "cli" / "main.py").is_file():
@@ -1070,7 +1075,7 @@ def run(args: argparse.Namespace) -> int:
             t_train = time.monotonic()
             train_id = upload(api, "train.csv", TRAIN_CSV.read_bytes())
             val_id = upload(api, "validation.csv", VALIDATION_CSV.read_bytes())
-            cls_job = submit(api, {
+            cls_job = None if args.generate_only else submit(api, {
                 "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
                 "validation": {"id": val_id}, "model_name": CLASSIFIER,
                 "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16, "seed": 42,
@@ -1082,8 +1087,19 @@ def run(args: argparse.Namespace) -> int:
                 gen_job = submit(api, {
                     "task": "generation", "base_model": GPT2_HUB_ID, "dataset": {"id": corpus_id},
                     "model_name": GENERATOR, "hyperparameters": {"max_steps": 1, "batch_size": 2, "block_size": 32}})
-            cls = finished(api, cls_job)
             gen = finished(api, gen_job) if gen_job is not None else None
+            client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
+            if cls_job is None:
+                assert gen is not None  # --generate-only excludes --encoders-only
+                fig.train_seconds = time.monotonic() - t_train
+                api.stop("worker")
+                print(f"\nTrained and registered {gen['model']['ref']} in {fig.train_seconds:.0f} s (GPT-2, "
+                      f"vocabulary {fig.vocab}, 1 step). Worker stopped.", flush=True)
+                gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
+                generate_phase(fig, client, api.base_url, gen["model"]["ref"], gen_dir, args)
+                client.close()
+                return 1 if not report(fig, args, started) and args.strict else 0
+            cls = finished(api, cls_job)
             fig.train_seconds = time.monotonic() - t_train
             api.stop("worker")
             fig.job_accuracy = 100 * float(cls["metrics"]["accuracy"])
@@ -1107,7 +1123,6 @@ def run(args: argparse.Namespace) -> int:
                                            threads=args.threads, seconds=args.raw_seconds, accuracy=False)
             print(fig.raw[UNBATCHED].text(UNBATCHED), flush=True)
 
-            client = stack.enter_context(httpx.Client(base_url=api.base_url, timeout=300))
             first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
             if first.status_code != 200 or first.json()["model"] != cls_ref:
                 raise RuntimeError(f"ftserve /classify answered {first.status_code}: {first.text}")
@@ -1224,7 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_naive:
         serve_naive(args.port, args.model_dir, args.threads, args.max_length)
         return 0
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.generate_only:
         print("serve_bench: `wrk` was not found on PATH; it drives the load (a Python load generator takes a core "
               "of its own). Install it: apt-get install -y wrk", file=sys.stderr)
         return 2

@@ -234,12 +234,14 @@ class ServingCache:
     adapter versions in another (FTSERVE_ADAPTER_CACHE_SIZE / _MB) on the shared bases. It answers ModelCache's calls;
     a version goes to one or the other by what its folder holds (an adapter's training_params.json)."""
 
-    def __init__(self, settings: Settings, *, load_full: Callable[[str, str], Any]) -> None:
+    def __init__(self, settings: Settings, *, load_full: Callable[[str, str], Any],
+                 on_unload: Callable[[Any], None] = lambda _predictor: None) -> None:
+        # `on_unload` gets every predictor that leaves either cache (see ModelCache).
         self.full = ModelCache(capacity=settings.model_cache_size, loader=load_full,
-                               max_bytes=settings.model_cache_mb * MB)
+                               max_bytes=settings.model_cache_mb * MB, on_unload=on_unload)
         self.adapters = ModelCache(capacity=settings.adapter_cache_size, loader=self._load_adapter,
                                    max_bytes=settings.adapter_cache_mb * MB, on_evict=self._unload_adapter,
-                                   gauge=metrics.LOADED_ADAPTERS)
+                                   gauge=metrics.LOADED_ADAPTERS, on_unload=on_unload)
         self.torch_threads = settings.torch_threads
         self.bases: dict[str, SharedBase] = {}  # by BaseSpec.key; changed under LOAD_LOCK only
         self._specs: dict[str, BaseSpec | None] = {}  # version folder → its base (None: a full version)

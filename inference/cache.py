@@ -2,7 +2,8 @@
 
 The least recently used model goes first, but never one with requests in flight: a load that finds
 every slot busy waits until one frees up or its deadline passes. Concurrent first requests for a
-model load it once.
+model load it once. A model that leaves (evicted or discarded) is handed to `on_unload`, outside the
+cache's lock, so that what still holds it (a decode loop's thread) lets go of it at once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class _Entry:
 class ModelCache:
     def __init__(self, *, capacity: int, loader: Callable[[str, str], Any], max_bytes: int = 0,
                  sizer: Callable[[str], int] = weights_on_disk,
-                 on_evict: Callable[[str, Any], None] | None = None, gauge: Any = metrics.LOADED_MODELS) -> None:
+                 on_evict: Callable[[str, Any], None] | None = None, gauge: Any = metrics.LOADED_MODELS,
+                 on_unload: Callable[[Any], None] = lambda _predictor: None) -> None:
         self.capacity = max(1, capacity)
         self.max_bytes = max_bytes
         self._loader = loader
@@ -48,6 +50,8 @@ class ModelCache:
         # the predictor holds beyond its own objects (an adapter in a shared base) is given back there.
         self._on_evict = on_evict
         self._gauge = gauge
+        # Called with the predictor at the same moment: what the predictor runs of its own (a decode loop) ends.
+        self._on_unload = on_unload
         self._items: OrderedDict[str, _Entry] = OrderedDict()
         self._reserved: dict[str, int] = {}  # room made for loads in progress
         self._loading: dict[str, threading.Lock] = {}
@@ -103,7 +107,8 @@ class ModelCache:
                 with self._cond:
                     self._make_room(key, size, deadline, evicted)
                     self._reserved[key] = size
-            finally:  # what left the cache is given back, even when this load then finds no room and fails
+            finally:  # what left the cache is given back (before loading: the new model's memory is what eviction
+                # made room for), even when this load then finds no room and fails
                 self._evicted(evicted)
             try:
                 t0 = time.perf_counter()
@@ -155,9 +160,13 @@ class ModelCache:
             self._cond.wait(remaining)
 
     def _evicted(self, evicted: list[tuple[str, _Entry]]) -> None:
-        if self._on_evict is not None:
-            for key, entry in evicted:
+        for key, entry in evicted:
+            if self._on_evict is not None:
                 self._on_evict(key, entry.predictor)
+            try:
+                self._on_unload(entry.predictor)
+            except Exception:  # the model is out of the cache either way; what held it may linger
+                log.exception("releasing the unloaded model %s failed", key)
 
     def discard(self, key: str) -> None:
         """Unload `key` now if no request is using it (a deleted version); a busy one is left to eviction."""

@@ -42,6 +42,15 @@ def decode_loop(predictor: Any, ref: str, settings: Settings) -> DecodeLoop:
         return loop
 
 
+def close_decode_loop(predictor: Any) -> None:
+    """A model left the cache: its loop ends now (an idle loop's thread would hold the weights for another
+    IDLE_SECONDS) and the predictor no longer refers to it, so nothing keeps the weights alive."""
+    loop = getattr(predictor, "decode_loop", None)
+    if loop is not None:
+        loop.close()
+        del predictor.decode_loop  # the loop refers back to the predictor (its finish): no cycle left for the GC
+
+
 def _requests(predictor: Any, prompts: list[str], params: dict[str, Any], *, deadline: float,
               on_text: Callable[[str], None] | None = None) -> list[Request]:
     options = {k: params[k] for k in FIELDS if k in params}

@@ -1,20 +1,36 @@
 """Continuous batching for causal-LM generation: one decode loop per loaded model, scheduled per decoding step.
 
-A request is prefilled (its prompt's forward pass, shared with the requests admitted at the same step, gives
-its first token and its KV cache) and joins the running batch at the next step: the batch's caches are
-left-padded to a common length, with an attention mask and positions counted per row from its own first token,
-so each row computes what it would alone. Every step
-runs one forward pass over all rows and picks each row's next token with that row's own settings (greedy, or
-sampling with the row's own seeded generator, so a seed's text depends on nothing else). A row leaves at once
-when it ends (EOS after `min_new_tokens`, a stop string, `max_new_tokens`, or its caller gone) and frees its
-share of the token budget: prompt + `max_new_tokens` of every admitted request, reserved at admission and
-bounded by `max_tokens`; beyond it requests wait in arrival order, and a full wait queue is a 429.
+A request is prefilled (its prompt's forward pass gives its first token and its KV cache) and joins the running
+batch at the next step. Requests admitted together are prefilled in a few left-padded forward passes of prompts of
+similar length (so a 4-token prompt is not padded to 64), at most `PREFILL_TOKENS` prompt tokens between two
+decoding steps, so that a burst of new prompts does not stall the running rows for long.
+
+The batch's KV cache is one preallocated buffer per layer, [slots, heads, capacity, dim]: rows are left-padded so
+that every row's next token goes in the same column, with an attention mask and positions counted per row from
+its own first token, so each row computes what it would alone. A decoding step writes one column in place (a
+DynamicCache would copy the whole cache at every step) and attends over the window of columns some row uses. The
+buffer is laid out anew (copied once, without the columns that are padding in every row) when rows join, or when
+its columns run out; a row that leaves gives up its slot in place (the last row moves into it). Every step runs
+one forward pass over all rows and picks each row's next token with that row's own settings: greedy rows in one
+argmax, sampling or penalized rows one by one (sampling with the row's own seeded generator, so a seed's text
+depends on nothing else). A row leaves at once when it ends (EOS after `min_new_tokens`, a stop string,
+`max_new_tokens`, or its caller gone).
+
+Memory: a layout holds rows x capacity positions, where the capacity is the longest row's prompt +
+`max_new_tokens` (a row's tokens never need more columns than that, once the padding columns are dropped). That
+product is what admission reserves and bounds by `max_tokens`: requests join only if (rows + them) x the longest
+reservation among all fits, so a short request beside a long one counts as long as the long one (its row is
+padded to it). Rows that leave free their slots but not the buffer, until the next layout. Beyond the bound
+requests wait in arrival order; a full wait queue is a 429. Transiently, while rows join, the prompts' own prefill
+caches and the old buffer exist beside the new one.
 
 Streamed requests are rows like any other: their text is handed on as each token is decoded.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -29,7 +45,14 @@ from inference import metrics
 
 log = logging.getLogger("ftserve.inference")
 IDLE_SECONDS = 30.0  # an idle loop's thread ends; the next request starts a new one
-PREFILL_BATCH = 16  # requests admitted together are prefilled in forward passes of at most this many prompts
+PREFILL_BATCH = 16  # prompts in one prefill forward pass, at most
+# Prompt tokens prefilled between two decoding steps, at most (one prompt longer than that goes alone): a burst of
+# new requests holds the running rows for one such slice at a time, not for all of its prompts.
+PREFILL_TOKENS = 512
+# What one more prefill forward pass costs, counted in prompt tokens: on CPU a pass reads every weight once
+# (~20 ms for a distilgpt2-sized model, as much as ~30 tokens of prefill on 2 cores). Prompts are split into passes
+# of similar lengths when the padding that saves is worth more than this.
+PREFILL_PASS_TOKENS = 32
 
 
 @dataclass(eq=False)
@@ -53,12 +76,32 @@ class Request:
     new: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded text handed to on_text
     generator: Any = None
-    holding: bool = False  # its tokens are reserved in the loop's budget
     deadline: float | None = None  # monotonic: not admitted by then, it fails with DeadlineExceeded
 
     @property
     def reserved(self) -> int:
+        """The positions its row may fill: its prompt and every token it may generate."""
         return len(self.prompt) + self.max_new_tokens
+
+    @property
+    def plain(self) -> bool:
+        """Its next token is the argmax of the (EOS-masked) logits: picked with the batch's, not alone."""
+        return not self.do_sample and self.repetition_penalty == 1.0
+
+
+# How a row ended: "done", "cancelled", or the error it failed with; None while it goes on.
+Ending = str | BaseException | None
+
+
+@dataclass
+class _Part:
+    """Rows to lay out in the batch's buffer: per layer keys and values [rows, heads, width, dim] and the mask
+    [rows, width], left-padded (each row's tokens end at the last column)."""
+
+    rows: list[Request]
+    keys: list[Any]
+    values: list[Any]
+    mask: Any
 
 
 class DecodeLoop:
@@ -75,22 +118,36 @@ class DecodeLoop:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
-        self.eos_ids = frozenset(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
+        self.eos_ids = sorted(set(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos]))
+        # A prefill needs the logits of each prompt's last position only (the LM head over every position of 16
+        # prompts costs a quarter of the pass); models without the argument compute them all.
+        self._last_logits = ({"logits_to_keep": 1}
+                             if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
         self._cond = threading.Condition()
         self._pending: deque[Request] = deque()
         self._thread: threading.Thread | None = None
-        self.reserved = 0  # tokens reserved by the running rows
-        self.high_water = 0
-        # The batch: rows, per layer keys and values [rows, heads, positions, dim], the mask [rows, positions].
         self._closed = False
+        self.reserved = 0  # positions reserved: rows x the longest row's prompt + max_new_tokens
+        self.high_water = 0
+        # The batch: its rows (in buffer order: row i in slot i); per layer keys and values [slots, heads,
+        # capacity, dim]; the mask [slots, capacity]; each row's next position [slots, 1]. Slots past the rows
+        # are free (rows that left).
         self._rows: list[Request] = []
         self._keys: list[Any] = []
         self._values: list[Any] = []
         self._mask: Any = None
+        self._start = self._end = 0  # the window: the columns some row uses, the next token's column
+        self._positions: Any = None
 
     @property
     def waiting(self) -> int:
         return len(self._pending)
+
+    @property
+    def kv_positions(self) -> int:
+        """Positions the batch's KV buffer holds now (slots x capacity)."""
+        keys = self._keys
+        return int(keys[0].shape[0] * keys[0].shape[2]) if keys else 0
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: rows and waiting requests end as cancelled; the loop's thread is gone when this returns."""
@@ -100,7 +157,7 @@ class DecodeLoop:
                 request.cancel.set()
             self._cond.notify()
             thread = self._thread
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     def submit(self, request: Request) -> Future[dict[str, Any]]:
@@ -147,8 +204,8 @@ class DecodeLoop:
                 self._pending.clear()
                 self._thread = None
             for request in left:
-                self._end(request, error=RuntimeError(f"the decode loop stopped: {type(exc).__name__}"))
-            self._rows, self._keys, self._values, self._mask = [], [], [], None
+                self._end_row(request, error=RuntimeError(f"the decode loop stopped: {type(exc).__name__}"))
+            self._drop_batch()
             raise
 
     def _loop(self) -> None:
@@ -164,19 +221,12 @@ class DecodeLoop:
                     self._pending.clear()
                     if not self._closed or not self._rows:
                         self._thread = None
+                        self._drop_batch()  # a closed loop's buffers go now, not with the loop object
                         return
                 admitted = self._admissible()
             with torch.inference_mode():
-                for first in range(0, len(admitted), PREFILL_BATCH):
-                    chunk = admitted[first:first + PREFILL_BATCH]
-                    try:
-                        self._prefill(chunk)
-                    except Exception as exc:  # fails these prompts only; the running rows go on
-                        log.exception("prefill of %d prompts for %s failed", len(chunk), self.name)
-                        metrics.BATCH_FAILURES.labels(model=self.name).inc()
-                        for request in chunk:
-                            if request not in self._rows:
-                                self._end(request, error=exc)
+                if admitted:
+                    self._prefill(admitted)
                 if not self._rows:
                     continue
                 try:
@@ -185,123 +235,243 @@ class DecodeLoop:
                     log.exception("decode step of %s failed", self.name)
                     metrics.BATCH_FAILURES.labels(model=self.name).inc()
                     for request in self._rows:
-                        self._end(request, error=exc)
-                    self._rows, self._keys, self._values, self._mask = [], [], [], None
+                        self._end_row(request, error=exc)
+                    self._drop_batch()
 
     def _admissible(self) -> list[Request]:
-        """Waiting requests that fit the token budget, in arrival order (one alone always fits an idle loop)."""
+        """Waiting requests that fit, in arrival order: the KV buffer of the rows with them (rows x the longest
+        reservation) within `max_tokens`, at most `max_rows` rows, at most `PREFILL_TOKENS` prompt tokens (one
+        alone always fits an idle loop; one long prompt goes alone)."""
         out: list[Request] = []
         self._purge()  # the given-up and the late leave wherever they wait, not only at the head
         now = time.monotonic()
+        longest = max((r.reserved for r in self._rows), default=0)
+        prompts = 0
         while self._pending:
             head = self._pending[0]
             if head.cancel.is_set() or (head.deadline is not None and head.deadline < now):
                 self._pending.popleft()
                 _fail(head.future, CancelledRequest() if head.cancel.is_set() else self._late(head))
                 continue
-            if (self.reserved + head.reserved > self.max_tokens or len(self._rows) + len(out) >= self.max_rows) \
+            rows = len(self._rows) + len(out) + 1
+            if out and prompts + len(head.prompt) > PREFILL_TOKENS:
+                break
+            if (rows * max(longest, head.reserved) > self.max_tokens or rows > self.max_rows) \
                     and (self._rows or out):
                 break
             self._pending.popleft()
-            self.reserved += head.reserved
-            head.holding = True
-            self.high_water = max(self.high_water, self.reserved)
-            metrics.GENERATION_TOKENS_RESERVED.labels(model=self.name).set(self.reserved)
-            metrics.GENERATION_TOKENS_RESERVED_MAX.labels(model=self.name).set(self.high_water)
+            longest = max(longest, head.reserved)
+            prompts += len(head.prompt)
             out.append(head)
+        if out:
+            self._account((len(self._rows) + len(out)) * longest)  # the buffer they will share
         return out
 
+    def _account(self, positions: int) -> None:
+        with self._cond:
+            self.reserved = positions
+            self.high_water = max(self.high_water, self.reserved)
+        metrics.GENERATION_TOKENS_RESERVED.labels(model=self.name).set(self.reserved)
+        metrics.GENERATION_TOKENS_RESERVED_MAX.labels(model=self.name).set(self.high_water)
+
+    # -- prefill --------------------------------------------------------------------------------------------------
     def _prefill(self, requests: list[Request]) -> None:
-        """The prompts' forward pass, together (left-padded, positions per row), giving each its first token
-        and its cache; the rows that go on join the batch."""
+        """The prompts' forward passes (grouped by length), giving each its first token and its cache; the rows
+        that go on join the batch. A pass that fails fails its own prompts only."""
+        parts: list[_Part] = []
+        ended: dict[Request, Ending] = {}
+        for group in _passes(requests):
+            try:
+                part = self._prefill_pass(group, ended)
+            except Exception as exc:
+                log.exception("prefill of %d prompts for %s failed", len(group), self.name)
+                metrics.BATCH_FAILURES.labels(model=self.name).inc()
+                ended.update((request, exc) for request in group)
+                continue
+            if part is not None:
+                parts.append(part)
+        if parts:
+            try:
+                current = self._current()
+                self._layout([*([current] if current else []), *parts])
+            except Exception as exc:  # e.g. out of memory for the new buffer: the joining rows fail, the rest go on
+                log.exception("%d rows could not join the batch of %s", sum(len(p.rows) for p in parts), self.name)
+                metrics.BATCH_FAILURES.labels(model=self.name).inc()
+                ended.update((request, exc) for part in parts for request in part.rows)
+        self._account(self.kv_positions)
+        self._end_rows(ended)  # after the accounting: a caller that has its result sees its tokens released
+
+    def _prefill_pass(self, requests: list[Request], ended: dict[Request, Ending]) -> _Part | None:
+        """One forward pass over these prompts, left-padded; the rows that go on as a part, those that ended
+        (after their first token) added to `ended`."""
         import torch
 
         for request in requests:
             if request.seed is not None and request.do_sample:
                 request.generator = torch.Generator(device=self.device).manual_seed(request.seed)
         width = max(len(r.prompt) for r in requests)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
         ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in requests], device=self.device)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests],
                             dtype=torch.long, device=self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **self._last_logits)
         layers = _cache_of(out).layers
-        logits = out.logits[:, -1]
-        keep = [i for i, r in enumerate(requests) if not self._advance(r, logits[i])]
+        done = self._advance(requests, out.logits[:, -1])
+        ended.update(done)
+        keep = [i for i, r in enumerate(requests) if r not in done]
         if not keep:
-            return
+            return None
+        if len(keep) == len(requests):
+            return _Part(requests, [layer.keys for layer in layers], [layer.values for layer in layers], mask)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        keys = [layer.keys.index_select(0, index) for layer in layers]
-        values = [layer.values.index_select(0, index) for layer in layers]
-        mask = mask.index_select(0, index)
-        if self._rows:
-            span = max(self._mask.shape[1], width)
-            keys = [torch.cat([_left_pad(a, span), _left_pad(b, span)]) for a, b in zip(self._keys, keys, strict=True)]
-            values = [torch.cat([_left_pad(a, span), _left_pad(b, span)])
-                      for a, b in zip(self._values, values, strict=True)]
-            mask = torch.cat([_left_pad(self._mask, span, dim=1), _left_pad(mask, span, dim=1)])
-        self._keys, self._values, self._mask = keys, values, mask
-        self._rows.extend(requests[i] for i in keep)
+        return _Part([requests[i] for i in keep], [layer.keys.index_select(0, index) for layer in layers],
+                     [layer.values.index_select(0, index) for layer in layers], mask.index_select(0, index))
 
+    # -- the batch's buffer ---------------------------------------------------------------------------------------
+    def _current(self) -> _Part | None:
+        """The running rows as a part: views of the buffer's window (the columns some row uses)."""
+        if not self._rows:
+            return None
+        n, start, end = len(self._rows), self._start, self._end
+        return _Part(list(self._rows), [k[:n, :, start:end] for k in self._keys],
+                     [v[:n, :, start:end] for v in self._values], self._mask[:n, start:end])
+
+    def _layout(self, parts: list[_Part]) -> None:
+        """A new buffer for these rows: capacity = the longest reservation among them; each part's tokens copied
+        so that every row ends at one column, without the columns that are padding in every row."""
+        import torch
+
+        rows = [r for part in parts for r in part.rows]
+        if not rows:
+            self._drop_batch()
+            return
+        spans = [int(part.mask.sum(dim=1).max()) for part in parts]  # each part's widest row
+        width = max(spans)
+        capacity = max(r.reserved for r in rows)  # every running row has a token still to feed: width < capacity
+        count = len(rows)
+        keys, values = [], []
+        for layer in range(len(parts[0].keys)):
+            sample_k, sample_v = parts[0].keys[layer], parts[0].values[layer]
+            k = torch.empty((count, sample_k.shape[1], capacity, sample_k.shape[3]), dtype=sample_k.dtype,
+                            device=sample_k.device)
+            v = torch.empty((count, sample_v.shape[1], capacity, sample_v.shape[3]), dtype=sample_v.dtype,
+                            device=sample_v.device)
+            at = 0
+            for part, span in zip(parts, spans, strict=True):
+                n = len(part.rows)
+                # Columns left of a row's tokens are masked, but must hold numbers: 0 x NaN is NaN in attention.
+                k[at:at + n, :, :width - span].zero_()
+                v[at:at + n, :, :width - span].zero_()
+                k[at:at + n, :, width - span:width] = part.keys[layer][:, :, -span:]
+                v[at:at + n, :, width - span:width] = part.values[layer][:, :, -span:]
+                at += n
+            keys.append(k)
+            values.append(v)
+        mask = torch.zeros((count, capacity), dtype=torch.long, device=keys[0].device)
+        at = 0
+        for part, span in zip(parts, spans, strict=True):
+            mask[at:at + len(part.rows), width - span:width] = part.mask[:, -span:]
+            at += len(part.rows)
+        self._rows, self._keys, self._values, self._mask = rows, keys, values, mask
+        self._start, self._end = 0, width
+        self._positions = mask.sum(dim=1, keepdim=True)  # each row's next position: its tokens so far
+
+    def _leave(self, ended: dict[Request, Ending]) -> None:
+        """The ended rows leave the buffer in place: the last running rows move into their slots (one row's window
+        copied per slot), and the window starts where the longest row left now starts. The buffer keeps its
+        size until rows join (then it is laid out anew for them)."""
+        rows = self._rows
+        if all(r in ended for r in rows):
+            self._drop_batch()
+            return
+        count = sum(1 for r in rows if r not in ended)
+        holes = [i for i in range(count) if rows[i] in ended]
+        movers = [i for i in range(count, len(rows)) if rows[i] not in ended]
+        start, end = self._start, self._end
+        for hole, mover in zip(holes, movers, strict=True):
+            for k, v in zip(self._keys, self._values, strict=True):
+                k[hole, :, start:end] = k[mover, :, start:end]
+                v[hole, :, start:end] = v[mover, :, start:end]
+            self._mask[hole, start:end] = self._mask[mover, start:end]
+            self._positions[hole] = self._positions[mover]
+            rows[hole] = rows[mover]
+        del rows[count:]
+        # A row's tokens so far are its next position: the longest row's start is the window's.
+        self._start = end - int(self._positions[:count].max())
+
+    def _drop_batch(self) -> None:
+        self._rows, self._keys, self._values, self._mask, self._positions = [], [], [], None, None
+        self._start = self._end = 0
+
+    # -- one step -------------------------------------------------------------------------------------------------
     def _step(self) -> None:
         import torch
-        from transformers import DynamicCache
+        from transformers.cache_utils import Cache
 
-        rows = self._rows
+        if self._end == self._mask.shape[1]:  # no free column: lay the rows out again without the padding columns
+            current = self._current()
+            assert current is not None
+            self._layout([current])
+        rows, start, end = self._rows, self._start, self._end
+        n = len(rows)
         last = torch.tensor([[r.new[-1]] for r in rows], device=self.device)
-        positions = self._mask.sum(dim=1, keepdim=True)  # each row's next position: its real tokens so far
-        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], dim=1)
-        cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values, strict=True)))
-        out = self.model(input_ids=last, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        layers = _cache_of(out).layers
-        self._keys = [layer.keys for layer in layers]
-        self._values = [layer.values for layer in layers]
-        self._mask = mask
-        metrics.BATCH_SIZE.labels(model=self.name).observe(len(rows))
-        logits = out.logits[:, -1]
-        keep = [i for i, request in enumerate(rows) if not self._advance(request, logits[i])]
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, dtype=torch.long, device=self.device)
-            self._rows = [rows[i] for i in keep]
-            self._keys = [k.index_select(0, index) for k in self._keys]
-            self._values = [v.index_select(0, index) for v in self._values]
-            self._mask = self._mask.index_select(0, index)
-            if keep:  # drop the columns that are padding in every row left
-                first = int((self._mask.cumsum(dim=1) == 0).sum(dim=1).min())
-                if first:
-                    self._keys = [k[:, :, first:] for k in self._keys]
-                    self._values = [v[:, :, first:] for v in self._values]
-                    self._mask = self._mask[:, first:]
+        mask = self._mask[:n]
+        mask[:, end] = 1
+        # The window's columns only: the token goes in column `end`, attention reads from `start`.
+        cache = Cache(layers=[_column_layer()(k[:n, :, start:], v[:n, :, start:], end - start)
+                              for k, v in zip(self._keys, self._values, strict=True)])
+        out = self.model(input_ids=last, attention_mask=mask[:, start:end + 1], position_ids=self._positions[:n],
+                         cache=cache, use_cache=True)
+        self._end = end + 1
+        self._positions[:n] += 1
+        metrics.BATCH_SIZE.labels(model=self.name).observe(n)
+        ended = self._advance(rows, out.logits[:, -1])
+        if ended:
+            self._leave(ended)
+            self._account(self.kv_positions)
+            self._end_rows(ended)
 
-    # -- one row --------------------------------------------------------------------------------------------------
-    def _advance(self, request: Request, logits: Any) -> bool:
-        """Pick and append the row's next token; True when the row ended (done, cancelled, or failed alone)."""
-        try:
-            return self._try_finish(request, self._pick(request, logits))
-        except Exception as exc:  # e.g. sampling from NaN scores: this row fails, its batch-mates go on
-            log.exception("generation of one row on %s failed", self.name)
-            self._end(request, error=exc)
-            return True
-
-    def _pick(self, request: Request, logits: Any) -> int:
-        """The row's next token from its logits, with its own settings (as `generate` would, one row)."""
+    # -- picking tokens -------------------------------------------------------------------------------------------
+    def _advance(self, rows: list[Request], logits: Any) -> dict[Request, Ending]:
+        """Each row's next token from its row of `logits` [rows, vocab], appended; the rows that ended (done,
+        cancelled, or failed alone: see `_end_rows`). Greedy rows share one argmax; the others pick alone, as
+        `generate` would."""
         import torch
 
-        scores = logits.float().unsqueeze(0)
+        scores = logits.float()
+        early = [i for i, r in enumerate(rows) if len(r.new) < r.min_new_tokens]
+        if early and self.eos_ids:  # EOS cannot end a row before its min_new_tokens
+            scores[torch.tensor(early, device=scores.device).unsqueeze(1),
+                   torch.tensor(self.eos_ids, device=scores.device)] = -float("inf")
+        greedy = scores.argmax(dim=-1).tolist() if any(r.plain for r in rows) else []
+        ended: dict[Request, Ending] = {}
+        for i, request in enumerate(rows):
+            try:
+                token = greedy[i] if request.plain else self._pick(request, scores[i:i + 1])
+                ending = self._append(request, token)
+            except Exception as exc:  # e.g. sampling from NaN scores: this row fails, its batch-mates go on
+                log.exception("generation of one row on %s failed", self.name)
+                ending = exc
+            if ending is not None:
+                ended[request] = ending
+        return ended
+
+    def _pick(self, request: Request, scores: Any) -> int:
+        """A sampled or penalized row's next token from its scores [1, vocab] (EOS already masked before
+        min_new_tokens), with its own settings, as `generate` would pick it for this row alone."""
+        import torch
+
+        ids = torch.tensor([request.prompt + request.new], device=scores.device)
         if request.repetition_penalty != 1.0:
-            seen = torch.tensor([request.prompt + request.new], device=scores.device)
-            picked = torch.gather(scores, 1, seen)
+            picked = torch.gather(scores, 1, ids)
             picked = torch.where(picked < 0, picked * request.repetition_penalty, picked / request.repetition_penalty)
-            scores = scores.scatter(1, seen, picked)
-        if len(request.new) < request.min_new_tokens:
-            for eos in self.eos_ids:
-                scores[:, eos] = -float("inf")
+            scores = scores.scatter(1, ids, picked)
         if not request.do_sample:
             return int(scores.argmax(dim=-1))
         from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-        ids = torch.tensor([request.prompt + request.new], device=scores.device)
         if request.temperature != 1.0:
             scores = TemperatureLogitsWarper(request.temperature)(ids, scores)
         if request.top_k:
@@ -311,35 +481,33 @@ class DecodeLoop:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=request.generator))
 
-    def _try_finish(self, request: Request, token: int) -> bool:
-        """Append the token; hand on new text; end the row if it is done. True when it ended."""
+    def _append(self, request: Request, token: int) -> Ending:
+        """Append the token and hand on new text; how the row ends ("done", "cancelled"), or None: it goes on."""
         request.new.append(token)
         text = None
         if request.on_text is not None or request.stop:
             text = self.tokenizer.decode(request.new, skip_special_tokens=True)
         if request.cancel.is_set():
-            self._end(request, reason="cancelled")
-            return True
-        done = (token in self.eos_ids and len(request.new) >= max(1, request.min_new_tokens)) \
-            or len(request.new) >= request.max_new_tokens \
-            or (text is not None and bool(request.stop) and any(s in text for s in request.stop or []))
-        if done:
-            self._end(request)
-            return True
+            return "cancelled"
+        if (token in self.eos_ids and len(request.new) >= max(1, request.min_new_tokens)) \
+                or len(request.new) >= request.max_new_tokens \
+                or (text is not None and bool(request.stop) and any(s in text for s in request.stop or [])):
+            return "done"
         # Text that ends in a replacement character is a multi-byte character cut in half: sent with the next token.
         if request.on_text is not None and text is not None and not text.endswith("\ufffd") \
                 and len(text) > request.sent:
             request.on_text(text[request.sent:])
             request.sent = len(text)
-        return False
+        return None
 
-    def _end(self, request: Request, *, reason: str | None = None, error: BaseException | None = None) -> None:
-        if request.holding:
-            with self._cond:
-                self.reserved -= request.reserved
-                request.holding = False
-                metrics.GENERATION_TOKENS_RESERVED.labels(model=self.name).set(self.reserved)
-                self._cond.notify()
+    def _end_rows(self, ended: dict[Request, Ending]) -> None:
+        for request, ending in ended.items():
+            if isinstance(ending, BaseException):
+                self._end_row(request, error=ending)
+            else:
+                self._end_row(request, reason=ending)
+
+    def _end_row(self, request: Request, *, reason: str | None = None, error: BaseException | None = None) -> None:
         if request.future.done():
             return
         if error is not None:
@@ -354,6 +522,27 @@ class DecodeLoop:
             result["finish_reason"] = "cancelled"
         if not request.future.done():
             request.future.set_result(result)
+
+
+def _passes(requests: list[Request]) -> list[list[Request]]:
+    """The prefill forward passes for these prompts: sorted by length and cut where the padding saved is worth
+    more than one more pass (PREFILL_PASS_TOKENS), at most PREFILL_BATCH prompts each; the fewest padded tokens
+    plus passes, found exactly (a few dozen prompts at most)."""
+    order = sorted(requests, key=lambda r: len(r.prompt))
+    count = len(order)
+    best = [0] + [float("inf")] * count
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        for start in range(max(0, end - PREFILL_BATCH), end):
+            cost = best[start] + PREFILL_PASS_TOKENS + (end - start) * len(order[end - 1].prompt)
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    passes: list[list[Request]] = []
+    end = count
+    while end:
+        passes.append(order[cut[end]:end])
+        end = cut[end]
+    return passes[::-1]
 
 
 def _fail(future: Future[Any], exc: BaseException) -> None:
@@ -371,13 +560,31 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _left_pad(tensor: Any, length: int, *, dim: int = 2) -> Any:
-    """`tensor` padded with zeros at the front of `dim` to `length`."""
-    import torch
+@functools.cache
+def _column_layer() -> type:
+    """The cache layer class for decoding steps (made on first use: this module does not import torch or
+    transformers when it is imported)."""
+    from transformers.cache_utils import DynamicLayer
 
-    missing = length - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
+    class ColumnLayer(DynamicLayer):
+        """One layer of the batch's cache for one step: the new keys and values are written into column `end` of
+        the preallocated buffers, and attention reads the columns up to it (views, no copy)."""
+
+        def __init__(self, keys: Any, values: Any, end: int) -> None:
+            super().__init__()
+            self.buffer_keys, self.buffer_values, self.end = keys, values, end
+            self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            stop = self.end + key_states.shape[-2]
+            self.buffer_keys[:, :, self.end:stop] = key_states
+            self.buffer_values[:, :, self.end:stop] = value_states
+            self.end = stop
+            self.keys, self.values = self.buffer_keys[:, :, :stop], self.buffer_values[:, :, :stop]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.end
+
+    return ColumnLayer

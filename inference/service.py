@@ -20,7 +20,7 @@ from core.settings import Settings
 from inference.adapters import ServingCache, predict_on_base
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK
-from inference.continuous import ContinuousGeneration
+from inference.continuous import ContinuousGeneration, close_decode_loop
 from inference.metrics import GENERATION_TOKENS_CANCELLED, GENERATIONS_CANCELLED
 from inference.predictors import Encoded, Predictor
 from inference.streaming import StreamGate, Ticket, TokenSink, run_stream
@@ -33,8 +33,8 @@ _RESOLVED_MAX = 4096
 log = logging.getLogger("ftserve.inference")
 
 
-def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_threads: int = 0, onnx: str = "off",
-                    data_dir: Path | None = None) -> Predictor:
+def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, onednn_linear: bool = False,
+                    torch_threads: int = 0, onnx: str = "off", data_dir: Path | None = None) -> Predictor:
     import torch
 
     from inference.onnx_runtime import use_onnx
@@ -57,6 +57,10 @@ def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, torch_
     elif quantize_int8:
         predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
         log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
+    elif onednn_linear and task == "generation":
+        from inference.onednn import pack_linear_layers
+
+        log.info("%d linear layers of %s on oneDNN with packed weights", pack_linear_layers(predictor.model), path)
     return predictor
 
 
@@ -77,8 +81,11 @@ class InferenceService:
         self.settings = settings
         # Full versions and LoRA adapter versions (on shared bases), each in an LRU cache of its own.
         self.cache = ServingCache(settings, load_full=partial(_load_predictor, quantize_int8=settings.quantize_int8,
+                                                              onednn_linear=settings.onednn_linear,
                                                               torch_threads=settings.torch_threads,
-                                                              onnx=settings.onnx, data_dir=settings.data_dir))
+                                                              onnx=settings.onnx, data_dir=settings.data_dir),
+                                  # an evicted or deleted generation model's decode loop ends with it
+                                  on_unload=close_decode_loop)
         # Two threads per loaded model (per shared base for adapters), by (role, ref). "forward": one forward at a
         # time (interleaving gains nothing on shared cores and costs memory), and always the same thread, so torch
         # keeps one OpenMP team per model instead of waking a fresh one for each batch (10-20% of a small model's

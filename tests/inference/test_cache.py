@@ -90,3 +90,25 @@ def test_a_failed_load_frees_its_reservation() -> None:
         get(cache, "a")
     cache._loader = Loads()
     assert get(cache, "b") == {"path": "b"}  # the slot was not leaked
+
+
+def test_a_model_that_leaves_is_handed_to_on_unload_once() -> None:
+    unloaded: list[Any] = []
+    loads = Loads()
+    cache = ModelCache(capacity=1, loader=loads, sizer=lambda p: 1, on_unload=unloaded.append)
+    a = get(cache, "a")
+    with cache.use("b", task="t", path="b") as b:  # a evicted for b
+        assert unloaded == [a]
+        cache.discard("b")  # in use: stays
+        assert unloaded == [a]
+    cache.discard("b")
+    assert unloaded == [a, b] and cache.loaded() == []
+
+
+def test_a_failing_on_unload_does_not_fail_the_load() -> None:
+    def broken(_: Any) -> None:
+        raise RuntimeError("cannot release")
+
+    cache = ModelCache(capacity=1, loader=Loads(), sizer=lambda p: 1, on_unload=broken)
+    get(cache, "a")
+    assert get(cache, "b") == {"path": "b"} and cache.loaded() == ["b"]

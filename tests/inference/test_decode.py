@@ -84,8 +84,9 @@ def test_sixteen_prompts_of_different_lengths_equal_unbatched_generate(predictor
     results = [f.result(120) for f in futures]
     reference = [predictor._one(t, max_new_tokens=n) for t, n in zip(texts, budgets, strict=True)]
     assert results == reference
-    assert loop.reserved == 0 and loop.high_water == sum(len(ids(predictor, t)) + n
-                                                         for t, n in zip(texts, budgets, strict=True))
+    # Reserved: rows x the longest reservation (the padded KV buffer), back to 0 once every row has left.
+    longest = max(len(ids(predictor, t)) + n for t, n in zip(texts, budgets, strict=True))
+    assert loop.reserved == 0 and longest <= loop.high_water <= 16 * longest
 
 
 def test_stop_strings_and_min_new_tokens_as_unbatched(predictor: GenerationPredictor) -> None:
@@ -195,3 +196,100 @@ def test_a_stream_closed_before_it_was_read_releases_its_model_once() -> None:
         assert released == [1] and sink.cancel.is_set()
 
     asyncio.run(main())
+
+
+def test_an_evicted_model_s_loop_ends_and_lets_go_of_the_weights(hf_home: Path) -> None:
+    import gc
+    import weakref
+
+    from core.settings import Settings
+    from inference.cache import ModelCache
+    from inference.continuous import close_decode_loop, decode_loop
+
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    cache = ModelCache(capacity=1, loader=lambda _task, path: GenerationPredictor(Path(path)), sizer=lambda _p: 1,
+                       on_unload=close_decode_loop)
+    settings = Settings(max_generation_tokens=10_000, max_queue_items=8, max_batch_size=8)
+    with cache.use("tiny:1", task="generation", path=str(snapshot)) as loaded:
+        loop = decode_loop(loaded, "tiny:1", settings)
+        assert loop.submit(Request(ids(loaded, "the king"), 4)).result(60)["tokens"] == 4
+        model = weakref.ref(loaded.model)
+    thread = loop._thread
+    del loaded, loop
+    assert thread is not None and thread.is_alive()  # an idle loop waits IDLE_SECONDS for more work
+    cache.get("tiny:2", task="generation", path=str(snapshot))  # evicts tiny:1
+    assert not thread.is_alive()
+    gc.collect()  # (transformers' modules hold reference cycles of their own)
+    assert model() is None, gc.get_referrers(model())
+
+
+def test_the_budget_counts_each_row_as_long_as_the_longest(predictor: GenerationPredictor) -> None:
+    long_ids, short_ids = ids(predictor, "the king"), ids(predictor, "the queen of the north")
+    # Room for one 100-token row and a 2-token one if only their own tokens counted, but not once the short
+    # row is padded to the long one (which is how the KV buffer holds them).
+    budget = 2 * (len(long_ids) + 100) - 1
+    loop = make_loop(predictor, max_tokens=budget)
+    running, go_on = held(loop, long_ids, 100)
+    short = loop.submit(Request(short_ids, 2))
+    assert loop.waiting == 1 and loop.reserved == len(long_ids) + 100
+    go_on.set()
+    assert short.result(60)["tokens"] == 2
+    assert running.future.done()  # the short request started only once the long one had left
+    assert loop.high_water == len(long_ids) + 100
+
+
+def test_the_kv_buffer_never_holds_more_positions_than_the_budget(predictor: GenerationPredictor) -> None:
+    texts = prompts(8)
+    budgets = [30, 4, 12, 25, 3, 18, 9, 27]
+    longest = max(len(ids(predictor, t)) + n for t, n in zip(texts, budgets, strict=True))
+    loop = make_loop(predictor, max_tokens=3 * longest)  # about three rows at a time
+    seen: list[tuple[int, int]] = []
+
+    def watch(_: str) -> None:  # called on the loop's thread at every token: the buffer as it is then
+        seen.append((loop.kv_positions, loop.reserved))
+
+    futures = [loop.submit(Request(ids(predictor, t), n, min_new_tokens=n, on_text=watch))
+               for t, n in zip(texts, budgets, strict=True)]
+    assert [f.result(120)["tokens"] for f in futures] == budgets
+    assert max(kv for kv, _ in seen) > longest  # rows did share the buffer
+    assert all(kv <= 3 * longest and reserved <= 3 * longest for kv, reserved in seen)
+    assert loop.high_water <= 3 * longest and loop.reserved == 0 and loop.kv_positions == 0
+
+
+def test_a_stream_ends_with_the_error_its_row_met(hf_home: Path) -> None:
+    """What a stream's reader gets is the row's own error (the route turns its type into the event's error type and
+    the status counted in /metrics): a deadline passed while waiting is a DeadlineExceeded, a row that cannot sample
+    its ValueError, and the model goes on serving."""
+    import asyncio
+
+    from core.errors import DeadlineExceeded
+    from core.settings import Settings
+    from inference.cache import ModelCache
+    from inference.continuous import ContinuousGeneration, close_decode_loop, decode_loop
+
+    (snapshot,) = list((cache_repo_dir(hf_home, TINY_GPT2) / "snapshots").iterdir())
+    cache = ModelCache(capacity=1, loader=lambda _task, path: GenerationPredictor(Path(path)), sizer=lambda _p: 1,
+                       on_unload=close_decode_loop)
+    prompt = "the king"
+    service = ContinuousGeneration(cache, Settings(max_generation_tokens=100, max_queue_items=8))
+
+    async def read(**params: Any) -> list[dict[str, Any]]:
+        stream = await service.open_stream("tiny:1", "generation", str(snapshot), prompt, **params)
+        return [chunk async for chunk in stream]
+
+    async def main() -> None:
+        with pytest.raises(ValueError):  # temperature 0: no distribution to sample from
+            await read(timeout=60, max_new_tokens=4, do_sample=True, temperature=0.0)
+        predictor = cache.get("tiny:1", task="generation", path=str(snapshot))
+        running, go_on = held(decode_loop(predictor, "tiny:1", service.settings), ids(predictor, prompt), 90)
+        threading.Timer(0.5, go_on.set).start()  # the loop goes on past the stream's deadline; the row runs on
+        with pytest.raises(DeadlineExceeded):  # the running row holds the whole budget past the stream's deadline
+            await read(timeout=0.2, max_new_tokens=4)
+        assert running.future.result(60)["tokens"] == 90
+        assert (await read(timeout=60, max_new_tokens=3))[-1]["done"]["tokens"] == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        for key in cache.loaded():
+            cache.discard(key)
