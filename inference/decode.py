@@ -120,9 +120,11 @@ class DecodeLoop:
             eos = tokenizer.eos_token_id
         self.eos_ids = sorted(set(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos]))
         # A prefill needs the logits of each prompt's last position only (the LM head over every position of 16
-        # prompts costs a quarter of the pass); models without the argument compute them all.
+        # prompts costs a quarter of the pass); models without the argument compute them all. An adapter version's
+        # model (inference/adapters.py AdapterModel) is a callable without `forward`: its signature is read then.
+        forward = getattr(model, "forward", model)
         self._last_logits = ({"logits_to_keep": 1}
-                             if "logits_to_keep" in inspect.signature(model.forward).parameters else {})
+                             if "logits_to_keep" in inspect.signature(forward).parameters else {})
         self._cond = threading.Condition()
         self._pending: deque[Request] = deque()
         self._thread: threading.Thread | None = None

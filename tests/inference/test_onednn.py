@@ -12,9 +12,9 @@ import pytest
 from core.hfcache import cache_repo_dir
 from inference.decode import DecodeLoop, Request
 from inference.onednn import PackedLinear, pack_linear_layers
+from inference.predictors.generation import GenerationPredictor
 from tests.inference.test_decode import prompts
 from tests.tiny_gpt2 import TINY_GPT2
-from training.tasks.generation import GenerationPredictor
 
 
 @pytest.fixture(scope="module")
