@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -252,6 +252,12 @@ class InferenceService:
             self._batchers[key] = batcher
         return batcher
 
+    def _release_encoded(self, ref: str, encoding: Future[tuple[type[Predictor], list[Encoded], str | None]]
+                         ) -> None:
+        """The pin `_encode` kept on an adapter version, for a request that stopped waiting for its encoding."""
+        if not encoding.cancelled() and encoding.exception() is None and encoding.result()[2] is not None:
+            self.cache.release(ref)
+
     async def run(self, resolved: Resolved, items: list[Any], *,
                   is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
                   **params: Any) -> list[Any]:
@@ -265,9 +271,15 @@ class InferenceService:
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
         # these real tokens, the forward pass reads them, and requests tokenize while the forward pass runs.
-        kind, encoded, group = await asyncio.get_running_loop().run_in_executor(
-            self._thread("encode", self._groups.get(resolved.ref, resolved.ref)), self._encode, resolved, items,
-            params, timeout)
+        encoding = self._thread("encode", self._groups.get(resolved.ref, resolved.ref)).submit(
+            self._encode, resolved, items, params, timeout)
+        try:
+            kind, encoded, group = await asyncio.wrap_future(encoding)
+        except asyncio.CancelledError:
+            # Cancelled while queued, the encoding never runs; cancelled while it runs, it ends on its thread and
+            # would leave an adapter version pinned for good (its release is below, never reached): release it then.
+            encoding.add_done_callback(partial(self._release_encoded, resolved.ref))
+            raise
         try:
             batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
             return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
