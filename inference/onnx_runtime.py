@@ -2,7 +2,7 @@
 
 A loaded classification or question-answering predictor keeps its tokenizer and code; only its `model` is
 swapped for an `OrtEncoder`, which is called exactly like the transformers model (`model(**features)` with the
-padded torch tensors of `training.batching.grouped_forward`) and answers with the same output class
+padded torch tensors of `inference.batching.grouped_forward`) and answers with the same output class
 (`.logits`, or `.start_logits` / `.end_logits`, as torch tensors).
 
 Why ONNX Runtime: on the bench's MiniLM, its fp32 graph (fused LayerNorm/GELU kernels, no Python between
