@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     )
     onnx: Literal["off", "fp32", "int8"] = Field(default="off", description=(
         "/classify and /answer on CPU through ONNX Runtime: an export of the version (cached under "
-        "data_dir/cache/onnx), fp32 or int8 (per-channel weights); takes precedence over quantize_int8 for them."))
+        "data_dir/cache/<name>/<version>/onnx), fp32 or int8 (per-channel weights); takes precedence over "
+        "quantize_int8 for them."))
     max_batch_size: int = Field(default=32, ge=1, description="Most inputs in one forward pass.")
     continuous_batching: bool = Field(default=True, description=(
         "/generate in one decode loop per model: requests join and leave the running batch at every step."))
