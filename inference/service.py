@@ -218,8 +218,8 @@ class InferenceService:
             raise
         if group is None:
             self.cache.release(resolved.ref)  # a full version is pinned again by its batch
-        else:
-            self._groups[resolved.ref] = group  # an adapter stays pinned until its results are back
+        # else an adapter stays pinned until its results are back (run() records its group, on the event loop:
+        # _forget iterates `_groups` there, and an insert from this thread could break that iteration)
         return type(predictor), encoded, group
 
     def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None
@@ -280,6 +280,8 @@ class InferenceService:
             # would leave an adapter version pinned for good (its release is below, never reached): release it then.
             encoding.add_done_callback(partial(self._release_encoded, resolved.ref))
             raise
+        if group is not None:
+            self._groups[resolved.ref] = group
         try:
             batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
             return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
