@@ -102,7 +102,7 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     try:
         model_file = exported(predictor.model, predictor.tokenizer, task=task, version_dir=version_dir,
                               target=target, mode=mode)
-    except ExportFailed as exc:
+    except (ExportFailed, OSError) as exc:  # OSError: the cache dir cannot be written (full, read-only)
         log.warning("FTSERVE_ONNX=%s: %s is served by torch: %s", mode, path, exc)
         return False
     predictor.model = OrtEncoder(session(model_file, threads=threads), task=task, config=predictor.model.config,
