@@ -252,6 +252,15 @@ class InferenceService:
             self._batchers[key] = batcher
         return batcher
 
+    def _drop_idle_encoder(self, owner: str) -> None:
+        """The encode thread of `owner` when no batcher of it exists: only a batcher going idle (`_forget`) ends it
+        otherwise, so a version whose requests all fail while encoded (a prompt past the context, a model that
+        cannot load) would keep one idle thread for good. Work already queued on it still runs."""
+        if not any(k[0] == owner for k in self._batchers):
+            executor = self._executors.pop(("encode", owner), None)
+            if executor is not None:
+                executor.shutdown(wait=False)
+
     def _release_encoded(self, ref: str, encoding: Future[tuple[type[Predictor], list[Encoded], str | None]]
                          ) -> None:
         """The pin `_encode` kept on an adapter version, for a request that stopped waiting for its encoding."""
@@ -271,14 +280,17 @@ class InferenceService:
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
         # these real tokens, the forward pass reads them, and requests tokenize while the forward pass runs.
-        encoding = self._thread("encode", self._groups.get(resolved.ref, resolved.ref)).submit(
-            self._encode, resolved, items, params, timeout)
+        encoder = self._groups.get(resolved.ref, resolved.ref)
+        encoding = self._thread("encode", encoder).submit(self._encode, resolved, items, params, timeout)
         try:
             kind, encoded, group = await asyncio.wrap_future(encoding)
         except asyncio.CancelledError:
             # Cancelled while queued, the encoding never runs; cancelled while it runs, it ends on its thread and
             # would leave an adapter version pinned for good (its release is below, never reached): release it then.
             encoding.add_done_callback(partial(self._release_encoded, resolved.ref))
+            raise
+        except Exception:
+            self._drop_idle_encoder(encoder)
             raise
         if group is not None:
             self._groups[resolved.ref] = group

@@ -327,6 +327,7 @@ def test_a_refused_request_does_not_keep_its_adapter_loaded(service: Callable[..
     async def main() -> list[Any]:
         with pytest.raises(ValidationFailed, match="context"):  # refused while it is encoded
             await svc.run(resolved(models, "gen-a", "generation"), ["the king " * 200], max_new_tokens=4)
+        assert ("encode", "gen-a:1") not in svc._executors  # no batcher will ever end that thread
         # gen-a is not pinned: it makes room for gen-b (a leaked pin would keep it, and this would time out).
         return await svc.run(resolved(models, "gen-b", "generation"), ["the king"], max_new_tokens=4)
 
