@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     )
     onnx: Literal["off", "fp32", "int8"] = Field(default="off", description=(
         "/classify and /answer on CPU through ONNX Runtime: an export of the version (cached under "
-        "data_dir/cache/onnx), fp32 or int8 (per-channel weights); takes precedence over quantize_int8 for them."))
+        "data_dir/cache/<name>/<version>/onnx), fp32 or int8 (per-channel weights); takes precedence over "
+        "quantize_int8 for them."))
     onednn_linear: bool = Field(default=True, description=(
         "Generation models on CPU compute their linear layers with oneDNN on weights packed once at load "
         "(decoding steps of many rows ~1.9x faster; the packed copy doubles those weights' memory)."))

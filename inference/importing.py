@@ -165,6 +165,11 @@ def _check_params(params: Any, task: str, defaults: dict[str, Any]) -> dict[str,
     if "task" in params and params["task"] != task:
         raise ValidationFailed(f"{PARAMS_FILE} says task {str(params['task'])[:50]!r}, but the model is served as "
                                f"'{task}'")
+    if "adapter" in params:
+        # It would make the version a LoRA adapter served on the base it names (training/lora.py base_source), with
+        # no check that the importer may use that base: any owner's private version, by name.
+        raise ValidationFailed(f"{PARAMS_FILE} 'adapter' marks a LoRA adapter version, which only a LoRA job "
+                               "makes; import a full model (an adapter version's archive with ?merged=true is one)")
     serving = params.get("serving", {})
     if not isinstance(serving, dict):
         raise ValidationFailed(f"{PARAMS_FILE} 'serving' must be an object")

@@ -2,7 +2,7 @@
 
 A loaded classification or question-answering predictor keeps its tokenizer and code; only its `model` is
 swapped for an `OrtEncoder`, which is called exactly like the transformers model (`model(**features)` with the
-padded torch tensors of `training.batching.grouped_forward`) and answers with the same output class
+padded torch tensors of `inference.batching.grouped_forward`) and answers with the same output class
 (`.logits`, or `.start_logits` / `.end_logits`, as torch tensors).
 
 Why ONNX Runtime: on the bench's MiniLM, its fp32 graph (fused LayerNorm/GELU kernels, no Python between
@@ -102,7 +102,7 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     try:
         model_file = exported(predictor.model, predictor.tokenizer, task=task, version_dir=version_dir,
                               target=target, mode=mode)
-    except ExportFailed as exc:
+    except (ExportFailed, OSError) as exc:  # OSError: the cache dir cannot be written (full, read-only)
         log.warning("FTSERVE_ONNX=%s: %s is served by torch: %s", mode, path, exc)
         return False
     predictor.model = OrtEncoder(session(model_file, threads=threads), task=task, config=predictor.model.config,

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -225,8 +225,8 @@ class InferenceService:
             raise
         if group is None:
             self.cache.release(resolved.ref)  # a full version is pinned again by its batch
-        else:
-            self._groups[resolved.ref] = group  # an adapter stays pinned until its results are back
+        # else an adapter stays pinned until its results are back (run() records its group, on the event loop:
+        # _forget iterates `_groups` there, and an insert from this thread could break that iteration)
         return type(predictor), encoded, group
 
     def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None
@@ -259,6 +259,21 @@ class InferenceService:
             self._batchers[key] = batcher
         return batcher
 
+    def _drop_idle_encoder(self, owner: str) -> None:
+        """The encode thread of `owner` when no batcher of it exists: only a batcher going idle (`_forget`) ends it
+        otherwise, so a version whose requests all fail while encoded (a prompt past the context, a model that
+        cannot load) would keep one idle thread for good. Work already queued on it still runs."""
+        if not any(k[0] == owner for k in self._batchers):
+            executor = self._executors.pop(("encode", owner), None)
+            if executor is not None:
+                executor.shutdown(wait=False)
+
+    def _release_encoded(self, ref: str, encoding: Future[tuple[type[Predictor], list[Encoded], str | None]]
+                         ) -> None:
+        """The pin `_encode` kept on an adapter version, for a request that stopped waiting for its encoding."""
+        if not encoding.cancelled() and encoding.exception() is None and encoding.result()[2] is not None:
+            self.cache.release(ref)
+
     async def run(self, resolved: Resolved, items: list[Any], *,
                   is_disconnected: Callable[[], Awaitable[bool]] | None = None, timeout: float | None = None,
                   **params: Any) -> list[Any]:
@@ -272,9 +287,20 @@ class InferenceService:
         deadline = time.monotonic() + timeout
         # Tokenized once, here in the request path (off the event loop, before the batcher): the batch budget counts
         # these real tokens, the forward pass reads them, and requests tokenize while the forward pass runs.
-        kind, encoded, group = await asyncio.get_running_loop().run_in_executor(
-            self._thread("encode", self._groups.get(resolved.ref, resolved.ref)), self._encode, resolved, items,
-            params, timeout)
+        encoder = self._groups.get(resolved.ref, resolved.ref)
+        encoding = self._thread("encode", encoder).submit(self._encode, resolved, items, params, timeout)
+        try:
+            kind, encoded, group = await asyncio.wrap_future(encoding)
+        except asyncio.CancelledError:
+            # Cancelled while queued, the encoding never runs; cancelled while it runs, it ends on its thread and
+            # would leave an adapter version pinned for good (its release is below, never reached): release it then.
+            encoding.add_done_callback(partial(self._release_encoded, resolved.ref))
+            raise
+        except Exception:
+            self._drop_idle_encoder(encoder)
+            raise
+        if group is not None:
+            self._groups[resolved.ref] = group
         try:
             batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
             return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),

@@ -104,21 +104,23 @@ def weight_modules(folder: Path) -> list[str] | None:
     safetensors weights (not cached, or an adapter)."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     files: list[Path] = []
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
-        files = [folder / name for name in sorted(set(weight_map.values())) if (folder / name).is_file()]
-    if not files:
-        return None
     found: set[str] = set()
     try:
+        if single.is_file():
+            files = [single]
+        elif index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            # Shards beside the index only (a name is a plain file name): an index cannot point the read elsewhere.
+            files = [folder / name for name in sorted(set(weight_map.values()))
+                     if isinstance(name, str) and Path(name).name == name and (folder / name).is_file()]
+        if not files:
+            return None
         for path in files:
             for key, entry in _header_tensors(path).items():
                 module, _, leaf = key.rpartition(".")
                 if leaf == "weight" and module and len(entry.get("shape") or []) == 2:
                     found.add(module)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError, TypeError):  # a damaged index or header: the worker checks instead
         return None
     return sorted(found)
 

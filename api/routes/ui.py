@@ -56,7 +56,8 @@ def favicon() -> FileResponse:
 
 @router.api_route("/ui/{file_path:path}", methods=["GET", "HEAD"])
 def static_file(file_path: Annotated[str, PathParam(max_length=200)]) -> FileResponse:
-    path = (WEB_DIR / file_path).resolve()
+    # A NUL (`%00`) names no file, and resolve() raises on it (a 500): web/ itself stands in, which is refused below.
+    path = WEB_DIR if "\0" in file_path else (WEB_DIR / file_path).resolve()
     # Inside web/ only (no `..`), and only the kinds of file the pages are made of.
     if not path.is_relative_to(WEB_DIR) or path.suffix not in MEDIA_TYPES or not path.is_file():
         raise NotFound(f"no dashboard file '{file_path[:100]}'")

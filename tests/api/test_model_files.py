@@ -228,6 +228,9 @@ def test_training_params_are_checked(api: TestClient, tiny_dir: Path, tmp_path: 
                                            "validation_error")
     assert "serving.max_length" in err(send(api, "p", with_params({"serving": {"max_length": "long"}})), 422,
                                        "validation_error")
+    # An adapter's params would serve it on whatever base they name (another owner's private version included).
+    assert "'adapter' marks a LoRA adapter" in err(send(api, "p", with_params(
+        {"adapter": {"base": {"resolved": "model:victim:1"}}})), 422, "validation_error")
     r = send(api, "p", with_params({"task": "classification", "serving": {"max_length": 32}, "license": "mit",
                                     "hyperparameters": {"learning_rate": 1e-4}}))
     assert r.status_code == 201, r.text

@@ -51,7 +51,7 @@ def test_the_html_has_no_inline_script_or_style() -> None:
 
 def test_only_dashboard_files_inside_web_are_served(api: TestClient) -> None:
     for path in ["/ui/__init__.py", "/ui/nothing.js", "/ui/%2e%2e/api/main.py", "/ui/..%2fapi%2fmain.py",
-                 "/ui/vendor/uplot/LICENSE", "/ui/js"]:
+                 "/ui/vendor/uplot/LICENSE", "/ui/js", "/ui/js/app%00.js"]:
         r = api.get(path)
         assert r.status_code == 404, (path, r.status_code)
         assert r.json()["error"]["type"] == "not_found"

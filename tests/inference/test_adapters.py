@@ -327,8 +327,37 @@ def test_a_refused_request_does_not_keep_its_adapter_loaded(service: Callable[..
     async def main() -> list[Any]:
         with pytest.raises(ValidationFailed, match="context"):  # refused while it is encoded
             await svc.run(resolved(models, "gen-a", "generation"), ["the king " * 200], max_new_tokens=4)
+        assert ("encode", "gen-a:1") not in svc._executors  # no batcher will ever end that thread
         # gen-a is not pinned: it makes room for gen-b (a leaked pin would keep it, and this would time out).
         return await svc.run(resolved(models, "gen-b", "generation"), ["the king"], max_new_tokens=4)
 
     (result,) = asyncio.run(main())
     assert result["tokens"] == 4 and svc.cache.adapters.loaded() == ["gen-b:1"]
+
+
+def test_a_request_cancelled_while_encoded_does_not_keep_its_adapter_loaded(
+        service: Callable[..., InferenceService], models: Path) -> None:
+    svc = service(adapter_cache_size=1, request_timeout_seconds=10)
+    encoding, gate = threading.Event(), threading.Event()
+    encode = svc._encode
+
+    def held(*args: Any) -> Any:  # the encoding has pinned cls-a and is still running when its request goes
+        done = encode(*args)
+        encoding.set()
+        assert gate.wait(30)
+        return done
+
+    async def main() -> list[Any]:
+        svc._encode = held  # type: ignore[method-assign]
+        request = asyncio.ensure_future(svc.run(resolved(models, "cls-a", "classification"), ["fine"], top_k=None))
+        await until("cls-a encoded", encoding.is_set)
+        request.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        svc._encode = encode  # type: ignore[method-assign]
+        # cls-a is not pinned: it makes room for cls-b (a leaked pin would keep it, and this would time out).
+        return await svc.run(resolved(models, "cls-b", "classification"), ["fine"], top_k=None)
+
+    (ranked,) = asyncio.run(main())
+    assert {p["label"] for p in ranked} == {"bad", "good"} and svc.cache.adapters.loaded() == ["cls-b:1"]

@@ -118,3 +118,18 @@ def test_a_model_that_cannot_be_exported_is_served_by_pytorch(
     assert "served by torch" in caplog.text and "an op the exporter does not know" in caplog.text
     assert predictor(PAIRS) == loaded["question-answering", "off"](PAIRS)
     assert [p.name for p in (data_dir / "cache" / "qa" / "1" / "onnx").iterdir()] == []  # no half-made export
+
+
+def test_an_export_that_cannot_be_written_is_served_by_pytorch(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def full(*args: Any, **kwargs: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tempfile.mkdtemp", full)
+    shutil.rmtree(data_dir / "cache" / "cls", ignore_errors=True)  # else a cached export is used
+    with caplog.at_level(logging.WARNING, logger="ftserve.inference"):
+        predictor = _load_predictor("classification", str(data_dir / "models" / "cls" / "1"), onnx="fp32",
+                                    data_dir=data_dir)
+    assert not isinstance(predictor.model, OrtEncoder)  # a model load that failed would be a 503 for every request
+    assert "served by torch" in caplog.text and "No space left" in caplog.text
+    assert predictor(["fine"])[0]

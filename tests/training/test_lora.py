@@ -257,3 +257,19 @@ def test_segment_ids_reach_the_model_as_in_serving() -> None:
         inner = peft_model.get_base_model()(input_ids=ids, token_type_ids=segments).start_logits
         zeros = peft_model.get_base_model()(input_ids=ids).start_logits
     assert torch.allclose(wrapped, inner) and not torch.allclose(wrapped, zeros)
+
+
+def test_a_damaged_shard_index_leaves_the_target_check_to_the_worker(tmp_path: Path) -> None:
+    """Submit reads the index of a sharded registered version: a damaged one is no 500, and its shard names cannot
+    point the header read outside the folder."""
+    from training.lora import weight_modules
+
+    index = tmp_path / "model.safetensors.index.json"
+    for text in ("{not json", "[1, 2]", '{"weight_map": {"a": ["x"]}}'):
+        index.write_text(text)
+        assert weight_modules(tmp_path) is None, text
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    _tiny("gpt2", "generation").save_pretrained(tmp_path / "m")
+    outside.write_bytes((tmp_path / "m" / "model.safetensors").read_bytes())
+    index.write_text(json.dumps({"weight_map": {"w": f"../{outside.name}"}}))
+    assert weight_modules(tmp_path) is None
