@@ -5,9 +5,10 @@ swapped for an `OrtEncoder`, which is called exactly like the transformers model
 padded torch tensors of `inference.batching.grouped_forward`) and answers with the same output class
 (`.logits`, or `.start_logits` / `.end_logits`, as torch tensors).
 
-Why ONNX Runtime: on the bench's MiniLM, its fp32 graph (fused LayerNorm/GELU kernels, no Python between
-ops) is faster per forward than PyTorch fp32 with the same scores, and its int8 graph with per-channel weight
-scales keeps the accuracy that torch's per-tensor dynamic int8 loses (figures in bench/serve_bench.py's output).
+Why ONNX Runtime: its fp32 graph gives PyTorch's scores (fused LayerNorm/GELU kernels, no Python between ops,
+and a thread pool that degrades far less than torch's OpenMP team when other processes take the cores), and its
+int8 graph with per-channel weight scales keeps the accuracy that torch's per-tensor dynamic int8 loses: on the
+bench's MiniLM classifier -0.11 points through /classify where torch's int8 loses 1.95 (bench/serve_bench.py).
 
 The export is a derived artifact: never written into the version dir (immutable), but into
 `<data_dir>/cache/<name>/<version>/onnx/<fingerprint>-<mode>/`, built in a temp dir and renamed into place, so a
@@ -97,9 +98,11 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     if task not in OUTPUTS:
         return False
     version_dir = Path(path)  # <data_dir>/models/<name>/<version>
-    target = ArtifactStore(data_dir).derived_dir(version_dir.parent.name, int(version_dir.name)) / "onnx"
     t0 = time.perf_counter()
     try:
+        if not version_dir.name.isdigit():
+            raise ExportFailed("not a version dir (<name>/<number>): no place to cache its export")
+        target = ArtifactStore(data_dir).derived_dir(version_dir.parent.name, int(version_dir.name)) / "onnx"
         model_file = exported(predictor.model, predictor.tokenizer, task=task, version_dir=version_dir,
                               target=target, mode=mode)
     except (ExportFailed, OSError) as exc:  # OSError: the cache dir cannot be written (full, read-only)

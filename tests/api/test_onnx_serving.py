@@ -26,14 +26,14 @@ def test_onnx_int8_serves_classify_and_answer_and_a_deleted_version_takes_its_ex
 
     r = api.post("/classify", json={"model": "sent", "inputs": TEXTS, "top_k": None})
     assert r.status_code == 200, r.text
-    want = _load_predictor("classification", str(models["sent"])).predict(TEXTS, top_k=None)
+    want = _load_predictor("classification", str(models["sent"]))(TEXTS, top_k=None)
     for got, ref in zip(r.json()["predictions"], want, strict=True):
         assert [p["label"] for p in got] == [p["label"] for p in ref]
         assert [p["score"] for p in got] == pytest.approx([p["score"] for p in ref], abs=0.02)
 
     r = api.post("/answer", json={"model": "reader", "inputs": [{"question": q, "context": c} for q, c in PAIRS]})
     assert r.status_code == 200, r.text
-    want_spans = _load_predictor("question-answering", str(models["reader"])).answer(PAIRS)
+    want_spans = _load_predictor("question-answering", str(models["reader"]))(PAIRS)
     assert [(a["answer"], a["start"], a["end"]) for a in r.json()["answers"]] == [
         (a["answer"], a["start"], a["end"]) for a in want_spans]
 
