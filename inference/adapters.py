@@ -150,8 +150,7 @@ class SharedBase:
                 for wrapper in fitted:
                     wrapper.modules_to_save.pop(name, None)
                 raise UserError(f"could not load the LoRA adapter on its base: {type(exc).__name__}: {exc}") from exc
-            self.model.eval()
-            self.adapters.add(name)
+            self.adapters.add(name)  # (peft leaves the model in eval mode: the adapter is loaded not trainable)
 
     def tokenizer(self, folder: Path, serving: dict[str, Any]) -> Any:
         """The tokenizer of the adapter version in `folder`, one object for the adapters of this base whose tokenizer

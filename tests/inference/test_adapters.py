@@ -89,7 +89,16 @@ def merged(auto: Any, models: Path, name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, hf_home: Path) -> Path:
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertForQuestionAnswering,
+    )
 
     models = tmp_path_factory.mktemp("adapters") / "data" / "models"
     base = save_tiny_classifier(models / "cls" / "1")
@@ -99,6 +108,15 @@ def models(tmp_path_factory: pytest.TempPathFactory, hf_home: Path) -> Path:
         make_adapter(models=models, base="cls", name=name, task="classification",
                      auto=AutoModelForSequenceClassification, targets=["query", "value"], seed=seed,
                      heads=["classifier"], labels=labels, serving={"max_length": 64})
+    qa_base = models / "qa" / "1"  # a span head on the tiny classifier's encoder and vocabulary
+    torch.manual_seed(0)
+    BertForQuestionAnswering(AutoConfig.from_pretrained(base)).save_pretrained(qa_base)
+    AutoTokenizer.from_pretrained(base).save_pretrained(qa_base)
+    (qa_base / "training_params.json").write_text(json.dumps({"task": "question-answering", "serving": {}}))
+    for name, seed, longest in (("qa-a", 9, 2), ("qa-b", 10, 6)):
+        make_adapter(models=models, base="qa", name=name, task="question-answering",
+                     auto=AutoModelForQuestionAnswering, targets=["query", "value"], seed=seed, heads=["qa_outputs"],
+                     serving={"max_length": 64, "doc_stride": 16, "max_answer_length": longest})
     for base_name, repo, task in (("gpt", TINY_GPT2, "generation"), ("t5", TINY_T5, "summarization")):
         (snapshot,) = list((cache_repo_dir(hf_home, repo) / "snapshots").iterdir())
         shutil.copytree(snapshot, models / base_name / "1")
@@ -178,6 +196,24 @@ async def until(what: str, check: Callable[[], bool], timeout: float = 60) -> No
         await asyncio.sleep(0.005)
 
 
+def behind_a_held_batch(svc: InferenceService, held: HeldBatches, runs: list[tuple[Resolved, list[Any]]],
+                        **params: Any) -> list[list[Any]]:
+    """Run runs[0] and hold its batch; the other runs queue up meanwhile (tokenized) and share the next batch once it
+    is let go. Returns the results of runs[1:]."""
+
+    async def main() -> list[list[Any]]:
+        first = asyncio.ensure_future(svc.run(*runs[0], **params))
+        await until("the first batch runs", lambda: len(held.batches) == 1)
+        rest = [asyncio.ensure_future(svc.run(r, items, **params)) for r, items in runs[1:]]
+        queued = sum(len(items) for _, items in runs[1:])
+        await until("every request is queued", lambda: svc.queued(runs[0][0].ref) == queued)
+        held.gate.set()
+        await first
+        return list(await asyncio.gather(*rest))
+
+    return asyncio.run(main())
+
+
 def test_adapters_of_one_base_load_it_once_share_a_batch_and_answer_as_their_merged_models(
         service: Callable[..., InferenceService], models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     svc = service(max_batch_size=64)
@@ -193,17 +229,9 @@ def test_adapters_of_one_base_load_it_once_share_a_batch_and_answer_as_their_mer
     assert len(next(iter(svc.cache.bases.values())).tokenizers) == 1
     requests = [(name, [text]) for text in TEXTS for name in names]
 
-    async def main() -> list[list[Any]]:
-        first = asyncio.ensure_future(svc.run(resolved(models, "cls-a", "classification"), ["warm"], top_k=None))
-        await until("the first batch runs", lambda: len(held.batches) == 1)
-        rest = [asyncio.ensure_future(svc.run(resolved(models, name, "classification"), texts, top_k=None))
-                for name, texts in requests]
-        await until("every request is queued", lambda: svc.queued("cls-a:1") == len(requests))
-        held.gate.set()
-        await first
-        return list(await asyncio.gather(*rest))
-
-    results = asyncio.run(main())
+    results = behind_a_held_batch(svc, held, [(resolved(models, "cls-a", "classification"), ["warm"]),
+                                              *((resolved(models, name, "classification"), texts)
+                                                for name, texts in requests)], top_k=None)
     # The queued requests of all four adapters (heads of 2 and 3 labels) ran as one batch.
     assert [sorted({adapter_of[a] for a in batch}) for batch in held.batches[1:]] == [[f"{n}:1" for n in names]]
     for (name, (text,)), (ranked,) in zip(requests, results, strict=True):
@@ -259,6 +287,36 @@ def test_the_adapter_byte_budget_evicts(service: Callable[..., InferenceService]
 
     asyncio.run(main())
     assert sorted(svc.cache.adapters.loaded()) == ["cls-b:1", "cls-d:1"]
+
+
+def test_question_answering_adapters_share_a_forward_pass_and_keep_their_own_answer_length(
+        service: Callable[..., InferenceService], models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    svc = service(max_batch_size=64)
+    held = HeldBatches(monkeypatch)
+    pairs = [("what was the film", "the film was good and the movie is bad"),
+             ("was it dull", "a dull movie of the great film"), ("what is it", "it is a good film to the end")]
+    requests = [(name, pair) for pair in pairs for name in ("qa-a", "qa-b")]
+
+    results = behind_a_held_batch(svc, held, [(resolved(models, "qa-a", "question-answering"), [pairs[0]]),
+                                              *((resolved(models, name, "question-answering"), [pair])
+                                                for name, pair in requests)])
+    assert len(held.batches) == 2 and len(set(held.batches[1])) == 2  # both adapters, one batch
+    for (name, (question, context)), (answer,) in zip(requests, results, strict=True):
+        folder = models / name / "1"
+        longest = json.loads((folder / "training_params.json").read_text())["serving"]["max_answer_length"]
+        tok = AutoTokenizer.from_pretrained(folder)
+        enc = tok(question, context, return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0]
+        with torch.no_grad():
+            out = merged(AutoModelForQuestionAnswering, models, name)(**enc)
+        ps, pe = torch.softmax(out.start_logits[0].double(), -1), torch.softmax(out.end_logits[0].double(), -1)
+        ctx = [i for i, s in enumerate(enc.sequence_ids(0)) if s == 1]
+        score, s, e = max((float(ps[s] * pe[e]), s, e) for s in ctx for e in ctx if s <= e < s + longest)
+        assert (answer["start"], answer["end"]) == (int(offsets[s][0]), int(offsets[e][1])), name
+        assert answer["score"] == pytest.approx(score, abs=1e-4) and answer["end"] - answer["start"] > 0
 
 
 def greedy_merged(models: Path, name: str, prompt: str, max_new_tokens: int) -> str:
