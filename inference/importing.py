@@ -165,7 +165,7 @@ def _check_params(params: Any, task: str, defaults: dict[str, Any]) -> dict[str,
     if "task" in params and params["task"] != task:
         raise ValidationFailed(f"{PARAMS_FILE} says task {str(params['task'])[:50]!r}, but the model is served as "
                                f"'{task}'")
-    if "adapter" in params:
+    if params.get("adapter") is not None:  # a full model's training_params.json says "adapter": null
         # It would make the version a LoRA adapter served on the base it names (training/lora.py base_source), with
         # no check that the importer may use that base: any owner's private version, by name.
         raise ValidationFailed(f"{PARAMS_FILE} 'adapter' marks a LoRA adapter version, which only a LoRA job "

@@ -232,7 +232,7 @@ def test_training_params_are_checked(api: TestClient, tiny_dir: Path, tmp_path: 
     assert "'adapter' marks a LoRA adapter" in err(send(api, "p", with_params(
         {"adapter": {"base": {"resolved": "model:victim:1"}}})), 422, "validation_error")
     r = send(api, "p", with_params({"task": "classification", "serving": {"max_length": 32}, "license": "mit",
-                                    "hyperparameters": {"learning_rate": 1e-4}}))
+                                    "hyperparameters": {"learning_rate": 1e-4}, "method": "full", "adapter": None}))
     assert r.status_code == 201, r.text
     assert r.json()["hyperparameters"] == {"learning_rate": 1e-4}
     folder = tmp_path / "data" / "models" / "p" / "1"
