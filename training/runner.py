@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from training.auto import choose as choose_auto
 from training.data import Rows, Source, check_columns, load_rows, map_columns
 from training.lora import is_adapter_dir
 from training.lora import save_extras as save_lora_extras
@@ -214,12 +215,14 @@ def run(
     device: str | None = None,
     on_data: Callable[[dict[str, int]], None] | None = None,
     on_method: Callable[[dict[str, Any]], None] | None = None,
+    on_hyperparameters: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_seconds: float = 0.0,
     default_license: str = "",
 ) -> RunResult:
     """Fine-tune `model_source` on `data` and write a complete version dir to `out_dir`.
 
-    `on_method` gets a LoRA job's effective method (its default target_modules filled in).
+    `on_method` gets a LoRA job's effective method (its default target_modules filled in); `on_hyperparameters` the
+    job's hyperparameters once the "auto" ones are chosen (training/auto.py).
     `default_license` is the card license of a job that gives none (before the base model's own); the
     training_params.json written beside the model records everything its model card shows (training/model_card.py).
     """
@@ -251,6 +254,16 @@ def run(
         eval_rows=eval_rows,
         on_event=on_event,
     )
+    if params.unresolved():
+        # "auto" values are chosen now that the examples are counted; the job keeps them for later attempts.
+        choice = choose_auto(params.model_dump(), n_examples=len(prepared.train),
+                             n_parameters=prepared.model.num_parameters(), lora=lora is not None,
+                             gradient_accumulation_steps=params.gradient_accumulation_steps, max_steps=params.max_steps)
+        params = type(params).model_validate({**params.model_dump(), **choice.values})
+        spec = spec.model_copy(update={"hyperparameters": params.model_dump(mode="json")})
+        on_event("log", choice.message(), {"auto": choice.values, "reasons": choice.reasons})
+        if on_hyperparameters is not None:
+            on_hyperparameters(spec.hyperparameters)
     total, every, logging_steps = _schedule(len(prepared.train), params)
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     model_type = getattr(prepared.model.config, "model_type", None)

@@ -111,15 +111,23 @@ class JobPush(HubTarget):
         return data
 
 
+Auto = Literal["auto"]
+AUTO_HELP = ' "auto" (the default, also when null): chosen by the worker from the task, the data and the method'
+
+
 class CommonParams(_Strict):
-    epochs: float = Field(default=3.0, gt=0, le=1000)
+    epochs: Annotated[float, Field(gt=0, le=1000)] | Auto = Field(
+        default="auto", description="Passes over the training set." + AUTO_HELP + " (training/auto.py).")
     max_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS, description="Overrides epochs when set.")
-    learning_rate: float = Field(default=5e-5, gt=0, le=1)
-    batch_size: int = Field(default=16, ge=1, le=4096)
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | Auto = Field(
+        default="auto", description="Peak learning rate." + AUTO_HELP + ".")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
+        default="auto", description="Training batch per device." + AUTO_HELP + ".")
     eval_batch_size: int | None = Field(default=None, ge=1, le=4096)
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] | Auto = Field(
+        default="auto", description="Linear warm-up steps." + AUTO_HELP + ".")
     max_length: int = Field(default=256, ge=8, le=32768)
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
     eval_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Evaluate and save every N steps.")
@@ -130,6 +138,21 @@ class CommonParams(_Strict):
         "Train in float16. Default (with bf16 unset): on a CUDA GPU without bf16 support, except for models that "
         "overflow in float16 (the T5 family), which train in float32 there. See training/precision.py."))
     bf16: bool | None = Field(default=None, description="Train in bfloat16. Default: on a CUDA GPU that supports it.")
+
+    @field_validator("epochs", "learning_rate", "batch_size", "warmup_steps", mode="before")
+    @classmethod
+    def _null_is_auto(cls, value: Any) -> Any:
+        return "auto" if value is None else value
+
+    def unresolved(self) -> list[str]:
+        """The fields still "auto" (the worker resolves them before training)."""
+        return [name for name in ("epochs", "learning_rate", "batch_size", "warmup_steps")
+                if getattr(self, name) == "auto"]
+
+    @property
+    def train_batch_size(self) -> int:
+        """batch_size once resolved; 16 while still "auto" (evaluation of an imported version that says auto)."""
+        return self.batch_size if isinstance(self.batch_size, int) else 16
 
     @model_validator(mode="after")
     def _one_half_precision(self) -> CommonParams:
@@ -342,21 +365,32 @@ class JobSpec(_Strict):
         return PARAMS[self.task].model_validate(self.hyperparameters)
 
 
-def _loc(error: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in error.get("loc", ()))
+# pydantic names the member of a union in an error's location: `learning_rate.float`, `epochs.literal['auto']`.
+_UNION_TAGS = frozenset({"float", "int", "constrained-float", "constrained-int"})
+
+
+def _auto_branch(error: dict[str, Any]) -> bool:
+    return any(str(p).startswith("literal[") for p in error.get("loc", ()))
 
 
 def params_error(task: str, exc: ValidationError) -> ValidationFailed:
     allowed = sorted(PARAMS[task].model_fields)
     messages = []
+    details = []
     for err in exc.errors():
-        field = _loc(err)
+        if _auto_branch(err):
+            continue  # a number that is out of range also "is not 'auto'": the range is what to fix
+        loc = tuple(p for p in err.get("loc", ()) if p not in _UNION_TAGS)
+        field = ".".join(str(p) for p in loc)
+        msg = str(err.get("msg"))
+        if len(loc) != len(err.get("loc", ())):
+            msg += ' (or "auto")'
         if err.get("type") == "extra_forbidden":
             messages.append(f"unknown hyperparameter '{field}' for task {task}; allowed: {', '.join(allowed)}")
         else:
-            messages.append(f"hyperparameters.{field}: {err.get('msg')}" if field else str(err.get("msg")))
-    return ValidationFailed("; ".join(messages), details=[{"loc": ["hyperparameters", *e["loc"]],
-                                                           "msg": e["msg"]} for e in exc.errors()])
+            messages.append(f"hyperparameters.{field}: {msg}" if field else msg)
+        details.append({"loc": ["hyperparameters", *loc], "msg": msg})
+    return ValidationFailed("; ".join(messages), details=details)
 
 
 def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:

@@ -175,6 +175,10 @@ class JobCallbacks:
         self.write("the effective method", lambda s: jobrepo.set_spec_value(s, self.job_id, "method", method,
                                                                             fence=self.fence))
 
+    def on_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:
+        self.write("the chosen hyperparameters", lambda s: jobrepo.set_spec_value(
+            s, self.job_id, "hyperparameters", hyperparameters, fence=self.fence))
+
     def should_stop(self) -> bool:
         """The cancel flag; also how a run that writes nothing for a while learns it lost the job."""
         now = time.monotonic()
@@ -284,7 +288,9 @@ def _register(fence: Fence, *, spec: JobSpec, result: Any, store: ArtifactStore,
                         name=name, version=version, task=spec.task, owner=job.owner, job_id=fence.job_id,
                         base_model=spec.base_model, base_model_resolved=job.base_model_resolved or "",
                         dataset_id=data.get("dataset_id"), dataset_sha256=data.get("dataset_sha256"),
-                        dataset_hub=data.get("hub"), hyperparameters=spec.hyperparameters,
+                        dataset_hub=data.get("hub"),
+                        # as trained: the "auto" values resolved (training/auto.py)
+                        hyperparameters=result.training_params.get("hyperparameters", spec.hyperparameters),
                         metrics=result.metrics, path=str(store.version_dir(name, version)),
                         lineage=lineage(job_id=fence.job_id, params=result.training_params),
                         method=result.training_params.get("method") or "full",
@@ -400,6 +406,7 @@ def run_attempt(fence: Fence, settings: Settings) -> int:
             out_dir=staging, checkpoints_dir=store.attempt_checkpoints_dir(job_id, attempt),
             on_progress=callbacks.on_progress, on_event=callbacks.on_event, should_stop=callbacks.should_stop,
             resume_from=resume_from, on_data=callbacks.on_data, on_method=callbacks.on_method,
+            on_hyperparameters=callbacks.on_hyperparameters,
             checkpoint_seconds=settings.checkpoint_seconds,
             default_license=settings.default_license,
         )

@@ -15,7 +15,23 @@ def test_defaults_are_filled_in_and_echoed() -> None:
     spec = build_spec(request(hyperparameters={"epochs": 1}), default_model_name="job_1")
     assert spec.model_name == "job_1"
     assert spec.columns == {"text": "text", "label": "label"}
-    assert spec.hyperparameters["epochs"] == 1 and spec.hyperparameters["learning_rate"] == 5e-5
+    assert spec.hyperparameters["epochs"] == 1 and spec.hyperparameters["learning_rate"] == "auto"
+    assert spec.hyperparameters["batch_size"] == spec.hyperparameters["warmup_steps"] == "auto"
+
+
+def test_auto_values_null_and_range_errors() -> None:
+    spec = build_spec(request(hyperparameters={"epochs": None, "learning_rate": "auto", "batch_size": 8}),
+                      default_model_name="j")
+    assert spec.params().unresolved() == ["epochs", "learning_rate", "warmup_steps"]
+    assert spec.hyperparameters["batch_size"] == 8
+    # A number out of range is named once, as a range error, not also as "is not 'auto'".
+    with pytest.raises(ValidationFailed) as err:
+        build_spec(request(hyperparameters={"learning_rate": -1}), default_model_name="j")
+    assert str(err.value) == 'hyperparameters.learning_rate: Input should be greater than 0 (or "auto")'
+    assert err.value.details == [{"loc": ["hyperparameters", "learning_rate"],
+                                  "msg": 'Input should be greater than 0 (or "auto")'}]
+    with pytest.raises(ValidationFailed, match=r"hyperparameters\.epochs: .*valid number"):
+        build_spec(request(hyperparameters={"epochs": "many"}), default_model_name="j")
     assert spec.validation.split_ratio == 0.1
 
 
