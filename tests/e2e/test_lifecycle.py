@@ -112,6 +112,16 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(stack: Stack, tr
     assert steps == list(range(k + 1, total + 1)), steps[:5]
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
+    # The "auto" hyperparameters were chosen once, by attempt 1, and written into the job: attempt 2 reused them.
+    chosen = [e for e in events if e["message"].startswith("hyperparameters chosen (auto)")]
+    assert len(chosen) == 1 and chosen[0]["id"] < resumed[0]["id"], chosen
+    assert set(chosen[0]["data"]["auto"]) == {"epochs", "learning_rate", "warmup_steps"}  # batch_size was given
+    hp = job["hyperparameters"]
+    assert "auto" not in hp.values() and hp["batch_size"] == 8, hp
+    assert {k: hp[k] for k in chosen[0]["data"]["auto"]} == chosen[0]["data"]["auto"]
+    version = stack.client.get("/models/phoenix/versions/1").json()
+    assert version["hyperparameters"] == hp, version
+
     r = stack.client.post("/classify", json={"model": "phoenix", "inputs": ["a fine film"]})
     assert r.status_code == 200 and r.json()["model"] == job["model"]["ref"], r.text
 
