@@ -139,7 +139,9 @@ class SharedBase:
 
     def add(self, name: str, folder: Path) -> None:
         from core.errors import UserError
+        from training.lora import require_safetensors
 
+        require_safetensors(folder)
         with self.lock:  # peft changes the base's layers: no call may run meanwhile
             fitted = _fit_heads(self.model, folder, name)
             try:

@@ -246,6 +246,12 @@ def typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def require_safetensors(adapter_dir: Path) -> None:
+    """peft falls back to a pickled `adapter_model.bin` when the safetensors file is missing: never load one."""
+    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
+        raise UserError(f"the adapter folder has no {ADAPTER_WEIGHTS}: only safetensors adapter weights are loaded")
+
+
 def load_adapter(auto_class: Any, adapter_dir: Path, *, merge: bool = True, adapter_name: str = "default",
                  **kwargs: Any) -> Any:
     """The task model of an adapter folder: its base loaded with the task's config values, the adapter (and
@@ -255,6 +261,7 @@ def load_adapter(auto_class: Any, adapter_dir: Path, *, merge: bool = True, adap
 
     from training.modeling import load_model
 
+    require_safetensors(adapter_dir)
     adapter = read_training_params(adapter_dir).get("adapter") or {}
     source, revision = base_source(adapter_dir)
     extra: dict[str, Any] = {"revision": revision} if revision else {}

@@ -239,6 +239,15 @@ def test_a_lora_run_resumes_from_its_adapter_checkpoint(tmp_path: Path) -> None:
     assert {"adapter_model.safetensors", "adapter_config.json", "training_params.json", "metrics.json"} <= files
     assert not files & {"model.safetensors", "config.json", "README.md"}
 
+    # Served only from safetensors: with the weights as a pickle (which peft would fall back to), nothing loads.
+    from transformers import AutoModelForSequenceClassification
+
+    from training.lora import load_adapter
+
+    (result.out_dir / "adapter_model.safetensors").rename(result.out_dir / "adapter_model.bin")
+    with pytest.raises(UserError, match=r"no adapter_model\.safetensors"):
+        load_adapter(AutoModelForSequenceClassification, result.out_dir)
+
 
 def test_segment_ids_reach_the_model_as_in_serving() -> None:
     """A QA model reads question and context with different token_type_ids: the wrapped model must pass them on
