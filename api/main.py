@@ -19,8 +19,11 @@ from api.routes import datasets, evaluations, jobs, model_files, models, predict
 from api.streams import EventHub, StreamSlots
 from core.settings import Settings, configure_environment, get_settings
 from inference.service import InferenceService
+from registry.store import ArtifactStore
 
 log = logging.getLogger("ftserve.api")
+# An archive upload or a merged export older than this at startup was left by a process that died mid-request.
+REQUEST_DIR_TTL = 6 * 3600.0
 
 
 @asynccontextmanager
@@ -29,6 +32,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: InferenceService = app.state.inference
 
     def warm() -> None:
+        try:
+            removed = ArtifactStore(get_settings().data_dir).sweep_request_dirs(older_than_seconds=REQUEST_DIR_TTL)
+            if removed:
+                log.info("removed %d folder(s) an earlier API process left in imports/", len(removed))
+        except OSError:
+            log.exception("could not sweep imports/ (left for the next start)")
         try:
             service.warm_up()
         except Exception:

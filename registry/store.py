@@ -55,6 +55,24 @@ class ArtifactStore:
         models/, so publishing is a rename)."""
         return self._inside("imports", self._check_id(import_id))
 
+    def sweep_request_dirs(self, *, older_than_seconds: float) -> list[str]:
+        """Remove what an API process left in imports/ when it died during a request: an archive upload being
+        unpacked (`imp_…`) or a merged export being streamed (`exp_…`). Only folders untouched for
+        `older_than_seconds` go, so that another API replica's request in flight is left alone; a worker's Hub
+        import (`job_…`) is its job's to clean up."""
+        import time
+
+        folder = self.root / "imports"
+        removed: list[str] = []
+        if not folder.is_dir():
+            return removed
+        cutoff = time.time() - older_than_seconds
+        for entry in folder.iterdir():
+            if entry.name.startswith(("imp_", "exp_")) and entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+        return removed
+
     def model_dir(self, name: str) -> Path:
         if not MODEL_NAME.match(name):
             raise ValidationFailed(f"invalid model name '{name}'")
