@@ -18,14 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.tasks import TASKS, ByTask, TaskInfo
 from training.params_file import read_training_params
 
-PIPELINE_TAGS = {
-    "classification": "text-classification",
-    "question-answering": "question-answering",
-    "summarization": "summarization",
-    "generation": "text-generation",
-}
+PIPELINE_TAGS = ByTask(lambda task: task.pipeline_tag)
 HEADINGS = (
     "Intended uses and limitations",
     "Training data",
@@ -43,12 +39,6 @@ _METRIC_NAMES = {
     "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
     "perplexity": "Perplexity", "eval_loss": "Validation loss", "train_loss": "Training loss",
     "train_runtime_s": "Training runtime (s)",
-}
-_ENDPOINTS = {
-    "classification": ("/classify", {"inputs": ["great film"]}),
-    "question-answering": ("/answer", {"question": "Who won?", "context": "The Broncos won the game."}),
-    "summarization": ("/summarize", {"inputs": ["A long document ..."]}),
-    "generation": ("/generate", {"prompt": "Once upon a time", "max_new_tokens": 32}),
 }
 _LIBRARY_NAMES = {"ftserve": "ftserve", "transformers": "Transformers", "torch": "PyTorch", "datasets": "Datasets",
                   "tokenizers": "Tokenizers"}
@@ -154,6 +144,7 @@ class _Card:
     def __init__(self, *, name: str, version: int, task: str, params: dict[str, Any], metrics: dict[str, Any],
                  evaluations: list[dict[str, Any]]) -> None:
         self.name, self.version, self.task = name, version, task
+        self.info: TaskInfo | None = TASKS.get(task)  # None: a task this ftserve does not know (an older card)
         self.ref = f"{name}:{version}"
         self.params, self.metrics, self.evaluations = params, metrics, evaluations
         self.data_info: dict[str, Any] = params.get("data") if isinstance(params.get("data"), dict) else {}
@@ -280,8 +271,7 @@ class _Card:
         return "\n".join(lines)
 
     def _intro(self) -> list[str]:
-        task = {"classification": "text classification", "question-answering": "extractive question answering",
-                "summarization": "summarization", "generation": "text generation"}.get(self.task, self.task)
+        task = self.info.title if self.info else self.task
         if self.base_parent:
             origin = f"the registered ftserve model `{self.base_parent}`"
             origin += f" (itself fine-tuned from [{self.base_hub}](https://huggingface.co/{self.base_hub}))" \
@@ -332,9 +322,7 @@ class _Card:
         """Python lines that load an adapter's base model as `base` (with the config values the task set)."""
         adapter = self.adapter or {}
         base = adapter.get("base") or {}
-        auto = {"classification": "AutoModelForSequenceClassification",
-                "question-answering": "AutoModelForQuestionAnswering", "summarization": "AutoModelForSeq2SeqLM",
-                "generation": "AutoModelForCausalLM"}.get(self.task, "AutoModel")
+        auto = self.info.auto_class if self.info else "AutoModel"
         if self.adapter_hub:
             where = json.dumps(self.adapter_hub) + (f", revision={json.dumps(base['revision'])}"
                                                     if base.get("revision") else "")
@@ -563,9 +551,10 @@ class _Card:
                 'inputs = tokenizer("Once upon a time", return_tensors="pt")',
                 "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))"],
         }
-        endpoint, body = _ENDPOINTS.get(self.task, ("/", {}))
+        endpoint, body = (self.info.route, self.info.example) if self.info else ("/", {})
         body = {"model": self.ref, **body}
-        code = ["With `transformers`:", "", "```python", *snippets.get(self.task, [*load]), "```", ""]
+        code = ["With `transformers`:", "", "```python", *snippets.get(self.task, self._plain_loading(load)), "```",
+                ""]
         if self.adapter is not None:
             code = ["With `peft` and `transformers` (the base model, then the adapter on it; `model` is then used "
                     "as a full model is):", "", "```python", *self._base_loading(), "```", ""]
@@ -575,6 +564,14 @@ class _Card:
             "```bash", f"curl -X POST http://localhost:8000{endpoint} -H 'content-type: application/json' \\",
             f"     -d '{json.dumps(body)}'", "```",
         ]
+
+    def _plain_loading(self, load: list[str]) -> list[str]:
+        """Python lines that load the version with its task's AutoModel class (a task without its own snippet)."""
+        if self.info is None:
+            return load
+        auto = self.info.auto_class
+        return [f"from transformers import {auto}, AutoTokenizer", "", *load,
+                "tokenizer = AutoTokenizer.from_pretrained(model_id)", f"model = {auto}.from_pretrained(model_id)"]
 
     def _frameworks(self) -> list[str]:
         libraries = self.params.get("libraries")
