@@ -15,18 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailed, scrub_paths
+from core.tasks import TASKS
 
 PARAMS_FILE = "training_params.json"  # training/params_file.py FILE: what the predictors read
-TASKS = ("classification", "question-answering", "summarization", "generation")
-# config.architectures suffix → the task whose predictor loads that head.
-HEADS = {
-    "ForSequenceClassification": "classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForConditionalGeneration": "summarization",
-    "ForSeq2SeqLM": "summarization",
-    "ForCausalLM": "generation",
-    "LMHeadModel": "generation",
-}
 VOCAB_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 MAX_JSON_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # a safetensors JSON header; real ones are KBs to a few MBs
@@ -97,10 +88,12 @@ def _task_of(config: dict[str, Any], given: str | None) -> str:
         raise ValidationFailed("config.json names no architectures, so the model's head is unknown; save the "
                                "model with save_pretrained from an AutoModelFor… class")
     encoder_decoder = bool(config.get("is_encoder_decoder"))
-    heads = {task for arch in architectures for suffix, task in HEADS.items() if arch.endswith(suffix)}
-    # Vision, speech and multimodal models have ...ForConditionalGeneration heads too: summarization is text
-    # seq2seq (an encoder-decoder), generation a decoder only.
-    heads -= {"summarization"} if not encoder_decoder else {"generation"}
+    # The tasks whose predictor loads one of these heads (TaskInfo.heads). Vision, speech and multimodal models have
+    # ...ForConditionalGeneration heads too: summarization is text seq2seq (an encoder-decoder), generation a decoder
+    # only.
+    skipped = "decoder" if encoder_decoder else "encoder-decoder"
+    heads = {info.name for info in TASKS.values() if info.architecture != skipped
+             and any(arch.endswith(suffix) for arch in architectures for suffix in info.heads)}
     shown = ", ".join(a[:100] for a in architectures[:5])
     if given is not None:
         if given not in heads:
@@ -110,8 +103,12 @@ def _task_of(config: dict[str, Any], given: str | None) -> str:
         return given
     if len(heads) != 1:
         raise ValidationFailed(f"cannot tell the task from config.architectures ({shown}); heads ftserve serves "
-                               f"end in {', '.join(HEADS)}: give the form field 'task'")
+                               f"end in {', '.join(_head_suffixes())}: give the form field 'task'")
     return heads.pop()
+
+
+def _head_suffixes() -> list[str]:
+    return list(dict.fromkeys(suffix for info in TASKS.values() for suffix in info.heads))
 
 
 def _labels(config: dict[str, Any]) -> list[str]:
