@@ -100,6 +100,11 @@ class Predictor(ABC):
     input_params: ClassVar[frozenset[str]] = frozenset()
 
     sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
+    # FTSERVE_ONNX (inference/onnx_runtime.py): the outputs an ONNX Runtime export of the model gives and the
+    # transformers output class (transformers.modeling_outputs) `predict` reads them from. None: always torch (one
+    # encoder forward per batch is what the export serves; generate loops stay torch).
+    onnx_outputs: ClassVar[tuple[str, ...]] = ()
+    onnx_output_class: ClassVar[str] = ""
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None) -> None:
         """`model`, `tokenizer`: already loaded (an adapter version's model on its shared base, a tokenizer shared

@@ -33,6 +33,8 @@ class ClassificationPredictor(Predictor):
 
     task = "classification"
     zero_wait = True
+    onnx_outputs = ("logits",)
+    onnx_output_class = "SequenceClassifierOutput"
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
                  ) -> None:

@@ -31,6 +31,8 @@ class QuestionAnsweringPredictor(Predictor):
     task = "question-answering"
     zero_wait = True
     sample_input = ("warm-up", "warm-up")
+    onnx_outputs = ("start_logits", "end_logits")
+    onnx_output_class = "QuestionAnsweringModelOutput"
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
                  ) -> None:
