@@ -100,10 +100,14 @@ class Task(ABC):
     # How the held-out validation split is chosen, beyond "at random" (", stratified by label").
     split_note: str = ""
 
+    @property
+    def route(self) -> str:
+        """The predict endpoint that serves the task's models."""
+        return TASKS[self.name].route
+
     def card_uses(self, serving: dict[str, Any]) -> str:
         """What the model does and how it can mislead, one paragraph ("Intended uses and limitations")."""
-        info = TASKS[self.name]
-        return f"A {info.title} model (served by `{info.route}`)."
+        return f"A {TASKS[self.name].title} model (served by `{self.route}`)."
 
     def card_context_length(self, serving: dict[str, Any]) -> str:
         """How long an input may be, as the card's "Context length" says it."""

@@ -35,7 +35,7 @@ class ClassificationTask(Task):
     def card_uses(self, serving: dict[str, Any]) -> str:
         labels = serving.get("labels")
         return (f"Assigns one of {len(labels) if isinstance(labels, list) else 'its'} labels to a text "
-                "(served by `/classify`). Scores are softmax probabilities over this label set only: a text "
+                f"(served by `{self.route}`). Scores are softmax probabilities over this label set only: a text "
                 "unlike the training data still gets one of these labels, often with a high score.")
 
     def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:

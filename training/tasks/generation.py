@@ -89,8 +89,9 @@ class GenerationTask(Task):
                                         "validation": sum(1 for r in eval_rows if not r["text"].strip())}}
 
     def card_uses(self, serving: dict[str, Any]) -> str:
-        return ("Continues a prompt in the style of its training corpus (served by `/generate`). It is a plain "
-                "language model: not instruction-tuned and not safety-tuned; its text may be false or offensive.")
+        return (f"Continues a prompt in the style of its training corpus (served by `{self.route}`). It is a "
+                "plain language model: not instruction-tuned and not safety-tuned; its text may be false or "
+                "offensive.")
 
     def card_context_length(self, serving: dict[str, Any]) -> str:
         block = serving.get("block_size")

@@ -150,7 +150,8 @@ class QuestionAnsweringTask(Task):
 
     def card_uses(self, serving: dict[str, Any]) -> str:
         return ("Extracts the answer to a question as a span of the given context (SQuAD v1.1 style, served by "
-                "`/answer`). It always returns a span: it was not trained to say that the context holds no answer.")
+                f"`{self.route}`). It always returns a span: it was not trained to say that the context holds no "
+                "answer.")
 
     def card_context_length(self, serving: dict[str, Any]) -> str:
         max_length = serving.get("max_length")
@@ -166,7 +167,7 @@ class QuestionAnsweringTask(Task):
             "tokenizer = AutoTokenizer.from_pretrained(model_id)",
             "model = AutoModelForQuestionAnswering.from_pretrained(model_id)",
             'question, context = "Who won?", "The Broncos won the game."',
-            "# One window; ftserve's /answer reads longer contexts in overlapping windows (doc_stride "
+            f"# One window; ftserve's {self.route} reads longer contexts in overlapping windows (doc_stride "
             f"{serving.get('doc_stride', 128)}).",
             'enc = tokenizer(question, context, truncation="only_second", '
             f'max_length={serving.get("max_length", 384)}, return_offsets_mapping=True, return_tensors="pt")',

@@ -174,8 +174,8 @@ class SummarizationTask(Task):
 
 
     def card_uses(self, serving: dict[str, Any]) -> str:
-        return ("Writes an abstractive summary of a document (served by `/summarize`). A summary may state things "
-                "the document does not say; check it before relying on it.")
+        return (f"Writes an abstractive summary of a document (served by `{self.route}`). A summary may state "
+                "things the document does not say; check it before relying on it.")
 
     def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
         prefix = serving.get("prefix") or ""
