@@ -1,4 +1,5 @@
-"""The shape every task module has. Adding a task = one module implementing `Task` + one registry entry."""
+"""The shape every task module has. Adding a task = one module implementing `Task` + one registry entry (its
+`TaskInfo` in core/tasks.py, which names this module's class and the task's params model and predictor)."""
 
 from __future__ import annotations
 
