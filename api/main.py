@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -96,7 +96,8 @@ _LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str], dic
 }
 
 
-def _task_schemas(schemas: dict[str, Any], *, params: dict[str, Any], fields: dict[str, dict[str, str]]) -> None:
+def _task_schemas(schemas: dict[str, Any], *, params: Mapping[str, Any], fields: Mapping[str, Mapping[str, str]]
+                  ) -> None:
     """`JobRequest.hyperparameters` and `.columns` depend on the task: each task's hyperparameters model (defaults
     and bounds) is a component, and JobRequest names them and the column fields per task in `x-task-params` and
     `x-task-columns` (field → default column). The dashboard's job form is built from these."""

@@ -37,6 +37,7 @@ from typing import Any
 from core.cpus import size_torch_threads
 from core.errors import NotReady, scrub_paths
 from core.settings import Settings
+from core.tasks import TASKS
 from inference import metrics
 from inference.cache import LOAD_LOCK, ModelCache
 
@@ -128,10 +129,9 @@ class SharedBase:
         import torch
         import transformers
 
-        from inference.predictors import predictor_class
         from training.lora import load_adapter
 
-        auto_class = getattr(transformers, predictor_class(spec.task).auto_class)
+        auto_class = getattr(transformers, TASKS[spec.task].auto_class)
         model = load_adapter(auto_class, folder, merge=False, adapter_name=name).to(device).eval()
         if device == "cuda":  # as full versions are served: bf16 where the card has it, fp16 otherwise
             model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -372,13 +372,12 @@ def write_merged(folder: Path, out: Path, *, task: str, name: str, version: int)
 
     import transformers
 
-    from inference.predictors import predictor_class
     from training.lora import load_adapter
     from training.model_card import write_card
     from training.modeling import load_tokenizer
     from training.params_file import read_training_params, write_json
 
-    auto_class = getattr(transformers, predictor_class(task).auto_class)
+    auto_class = getattr(transformers, TASKS[task].auto_class)
     with LOAD_LOCK:  # from_pretrained patches process-global torch state while it builds (see inference/cache.py)
         model = load_adapter(auto_class, folder, merge=True)
     out.mkdir(parents=True)

@@ -15,18 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailed, scrub_paths
+from core.tasks import TASKS
 
 PARAMS_FILE = "training_params.json"  # training/params_file.py FILE: what the predictors read
-TASKS = ("classification", "question-answering", "summarization", "generation")
-# config.architectures suffix → the task whose predictor loads that head.
-HEADS = {
-    "ForSequenceClassification": "classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForConditionalGeneration": "summarization",
-    "ForSeq2SeqLM": "summarization",
-    "ForCausalLM": "generation",
-    "LMHeadModel": "generation",
-}
 VOCAB_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 MAX_JSON_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # a safetensors JSON header; real ones are KBs to a few MBs
@@ -97,10 +88,12 @@ def _task_of(config: dict[str, Any], given: str | None) -> str:
         raise ValidationFailed("config.json names no architectures, so the model's head is unknown; save the "
                                "model with save_pretrained from an AutoModelFor… class")
     encoder_decoder = bool(config.get("is_encoder_decoder"))
-    heads = {task for arch in architectures for suffix, task in HEADS.items() if arch.endswith(suffix)}
-    # Vision, speech and multimodal models have ...ForConditionalGeneration heads too: summarization is text
-    # seq2seq (an encoder-decoder), generation a decoder only.
-    heads -= {"summarization"} if not encoder_decoder else {"generation"}
+    # The tasks whose predictor loads one of these heads (TaskInfo.heads). Vision, speech and multimodal models have
+    # ...ForConditionalGeneration heads too: summarization is text seq2seq (an encoder-decoder), generation a decoder
+    # only.
+    skipped = "decoder" if encoder_decoder else "encoder-decoder"
+    heads = {info.name for info in TASKS.values() if info.architecture != skipped
+             and any(arch.endswith(suffix) for arch in architectures for suffix in info.heads)}
     shown = ", ".join(a[:100] for a in architectures[:5])
     if given is not None:
         if given not in heads:
@@ -110,49 +103,20 @@ def _task_of(config: dict[str, Any], given: str | None) -> str:
         return given
     if len(heads) != 1:
         raise ValidationFailed(f"cannot tell the task from config.architectures ({shown}); heads ftserve serves "
-                               f"end in {', '.join(HEADS)}: give the form field 'task'")
+                               f"end in {', '.join(_head_suffixes())}: give the form field 'task'")
     return heads.pop()
 
 
-def _labels(config: dict[str, Any]) -> list[str]:
-    id2label = config.get("id2label")
-    if id2label is None:
-        return ["LABEL_0", "LABEL_1"]  # transformers' own default for a config without labels
-    if not isinstance(id2label, dict) or not id2label:
-        raise ValidationFailed("config.json id2label must be an object of label ids to names")
-    try:
-        by_id = {int(k): v for k, v in id2label.items()}
-    except ValueError as exc:
-        raise ValidationFailed("config.json id2label keys must be label ids 0, 1, …") from exc
-    if sorted(by_id) != list(range(len(by_id))) or not all(isinstance(v, str) and v for v in by_id.values()):
-        raise ValidationFailed("config.json id2label must map ids 0…n-1 to non-empty names")
-    return [str(by_id[i]) for i in range(len(by_id))]
+def _head_suffixes() -> list[str]:
+    return list(dict.fromkeys(suffix for info in TASKS.values() for suffix in info.heads))
 
 
-def _positions(config: dict[str, Any]) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+def default_serving(task: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What the predictors read from `training_params.json` (see training/tasks/*), from the config alone: each
+    task's predictor says (`Predictor.imported_serving`)."""
+    from inference.predictors import predictor_class
 
-
-def default_serving(task: str, config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
-    """What the predictors read from `training_params.json` (see training/tasks/*), from the config alone."""
-    positions = _positions(config)
-
-    def capped(value: int) -> int:
-        return min(value, positions) if positions else value
-
-    if task == "classification":
-        return {"labels": labels, "max_length": capped(512)}
-    if task == "question-answering":
-        max_length = capped(384)
-        return {"max_length": max_length, "doc_stride": min(128, max_length // 4), "max_answer_length": 30}
-    if task == "summarization":
-        return {"prefix": "summarize: " if config.get("model_type") == "t5" else "", "max_length": capped(512),
-                "max_target_length": 128}
-    return {"block_size": capped(1024)}
+    return predictor_class(task).imported_serving(config)
 
 
 _SERVING_TYPES: dict[str, type] = {"max_length": int, "doc_stride": int, "max_answer_length": int,
@@ -270,9 +234,9 @@ def check_model_folder(root: Path, *, task: str | None) -> Checked:
         raise ValidationFailed(f"config.json model_type {str(model_type)[:50]!r} is not a model type this "
                                "transformers knows (remote code is never run)")
     chosen = _task_of(config, task)
-    labels = _labels(config) if chosen == "classification" else []
+    defaults = default_serving(chosen, config)  # a classifier's labels are checked here (config.id2label)
+    labels = list(defaults.get("labels", []))
     _tokenizer(root)
-    defaults = default_serving(chosen, config, labels)
     params_path = root / PARAMS_FILE
     given = _read_json(params_path, PARAMS_FILE) if params_path.is_file() else {"source": "imported"}
     params = _check_params(given, chosen, defaults)

@@ -40,11 +40,6 @@ from typing import Any
 log = logging.getLogger("ftserve.inference")
 
 ONNX_MODES = ("off", "fp32", "int8")
-# The tasks whose predictors run one encoder forward per batch; generation and summarization stay torch.
-OUTPUTS: dict[str, tuple[str, ...]] = {
-    "classification": ("logits",),
-    "question-answering": ("start_logits", "end_logits"),
-}
 # Bumped whenever the export or quantization recipe changes, so older exports are not reused.
 RECIPE = "1"
 EXPORT_TOLERANCE = 1e-3
@@ -64,7 +59,7 @@ class OrtEncoder:
         self.config = config  # what a predictor may read (id2label) after the swap
         self.path = path
         self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = list(OUTPUTS[task])
+        self.output_names = list(outputs(task))
         self._output_class = _output_class(task)
 
     def __call__(self, **features: Any) -> Any:
@@ -79,10 +74,22 @@ class OrtEncoder:
         return self._output_class(**{n: torch.from_numpy(v) for n, v in zip(self.output_names, values, strict=True)})
 
 
-def _output_class(task: str) -> Any:
-    from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+def _predictor(task: str) -> Any:
+    from inference.predictors import predictor_class
 
-    return SequenceClassifierOutput if task == "classification" else QuestionAnsweringModelOutput
+    return predictor_class(task)
+
+
+def outputs(task: str) -> tuple[str, ...]:
+    """The outputs an export of a `task` model gives: its predictor's `onnx_outputs`; none for the tasks whose
+    predictors run on torch only (summarization and generation)."""
+    return tuple(_predictor(task).onnx_outputs)
+
+
+def _output_class(task: str) -> Any:
+    from transformers import modeling_outputs
+
+    return getattr(modeling_outputs, _predictor(task).onnx_output_class)
 
 
 def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path, threads: int) -> bool:
@@ -95,7 +102,7 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
 
     if mode not in ONNX_MODES or mode == "off":
         raise ValueError(f"ONNX mode must be one of {ONNX_MODES[1:]}, not {mode!r}")
-    if task not in OUTPUTS:
+    if not outputs(task):
         return False
     version_dir = Path(path)  # <data_dir>/models/<name>/<version>
     t0 = time.perf_counter()
@@ -221,11 +228,12 @@ def export(model: Any, tokenizer: Any, *, task: str, out: Path) -> None:
     import torch
 
     accepted = set(inspect.signature(model.forward).parameters)
-    produced = set(tokenizer("a", "b") if task == "question-answering" else tokenizer("a"))
+    pairs = isinstance(_predictor(task).sample_input, tuple)  # question + context
+    produced = set(tokenizer("a", "b") if pairs else tokenizer("a"))
     names = [n for n in _INPUTS if n in produced and n in accepted]
     if "input_ids" not in names:
         raise ExportFailed(f"its tokenizer gives {sorted(produced)}, not input_ids")
-    outputs = OUTPUTS[task]
+    names_out = outputs(task)
 
     class Outputs(torch.nn.Module):
         """The task's outputs as a tuple, so the graph's outputs are named and ordered."""
@@ -237,7 +245,7 @@ def export(model: Any, tokenizer: Any, *, task: str, out: Path) -> None:
         def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             result = self.inner(**{k: v for k, v in given.items() if v is not None})
-            return tuple(result[o] for o in outputs)
+            return tuple(result[o] for o in names_out)
 
     model = model.float().eval()
     # Two texts of different lengths, so the mask has padding and no axis is traced as 1.
@@ -248,7 +256,7 @@ def export(model: Any, tokenizer: Any, *, task: str, out: Path) -> None:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
             program = torch.onnx.export(Outputs(model).eval(), (), kwargs=example, dynamic_shapes=dims,
-                                        input_names=names, output_names=list(outputs), dynamo=True, verbose=False)
+                                        input_names=names, output_names=list(names_out), dynamo=True, verbose=False)
         program.save(str(out))
     except Exception as exc:  # any exporter failure means: serve this model with torch (logged by the caller)
         raise ExportFailed(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
@@ -266,7 +274,7 @@ def check(model: Any, tokenizer: Any, *, task: str, names: list[str], model_file
         with torch.no_grad():
             want = model(**batch)
         got = onnx_model(**batch)
-        for o in OUTPUTS[task]:
+        for o in outputs(task):
             diff = float(np.abs(want[o].numpy() - got[o].numpy()).max())
             if diff > EXPORT_TOLERANCE:
                 raise ExportFailed(f"the export's {o} differ from torch's by {diff:.2g} on a batch of "

@@ -17,6 +17,7 @@ import anyio
 
 from core.cpus import size_torch_threads
 from core.settings import Settings
+from core.tasks import TASKS
 from inference.adapters import ServingCache, predict_on_base
 from inference.batcher import Batcher
 from inference.cache import LOAD_LOCK
@@ -57,7 +58,7 @@ def _load_predictor(task: str, path: str, *, quantize_int8: bool = False, onednn
     elif quantize_int8:
         predictor.model = torch.ao.quantization.quantize_dynamic(predictor.model, {torch.nn.Linear}, dtype=torch.qint8)
         log.info("int8 dynamic quantization of the Linear layers applied to %s (%s)", path, task)
-    elif onednn_linear and task == "generation":
+    elif onednn_linear and TASKS[task].architecture == "decoder":
         from inference.onednn import pack_linear_layers
 
         log.info("%d linear layers of %s on oneDNN with packed weights", pack_linear_layers(predictor.model), path)
@@ -280,7 +281,7 @@ class InferenceService:
         """Run `items` through the batcher of `resolved` (resolved once, before: an alias moved later does not
         affect this request); one result per item."""
         timeout = timeout or self.settings.request_timeout_seconds
-        if resolved.task == "generation" and self.settings.continuous_batching:
+        if TASKS[resolved.task].architecture == "decoder" and self.settings.continuous_batching:
             return await self.continuous.generate(
                 resolved.ref, resolved.task, resolved.path, items, is_disconnected=is_disconnected,
                 timeout=timeout, **params)

@@ -11,18 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from core.errors import Conflict, NotFound, ValidationFailed
+from core.tasks import TASKS
 from registry.access import EVERYONE, Viewer
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 
 _REF = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d{1,10})|@(?P<alias>[a-z0-9][a-z0-9._-]{0,63}))?$")
 MAX_VERSION = 2**31 - 1  # versions are a 32-bit column: a larger number names no version
-ENDPOINTS = {
-    "classification": "/classify",
-    "question-answering": "/answer",
-    "summarization": "/summarize",
-    "generation": "/generate",
-}
 
 
 @dataclass(frozen=True)
@@ -164,7 +159,7 @@ def resolve_for_task(session: Session, ref: str | None, task: str, viewer: Viewe
     mv = newest_of_task(session, task, viewer) if ref is None else resolve(session, ref, viewer)
     if mv.task != task:
         raise ValidationFailed(
-            f"model '{mv.name}:{mv.version}' is a {mv.task} model; it is served by {ENDPOINTS[mv.task]}"
+            f"model '{mv.name}:{mv.version}' is a {mv.task} model; it is served by {TASKS[mv.task].route}"
         )
     return mv
 

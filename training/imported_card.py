@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PIPELINE_TAGS = {"classification": "text-classification", "question-answering": "question-answering",
-                 "summarization": "summarization", "generation": "text-generation"}
+from core.tasks import TASKS
 
 
 def imported_card(*, name: str, version: int, task: str, base_model: str | None, license: str,
@@ -17,7 +16,7 @@ def imported_card(*, name: str, version: int, task: str, base_model: str | None,
     """`archive_sha256` for an uploaded archive, `hub` ({name, commit}) for a Hub import."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    data: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS[task],
+    data: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": TASKS[task].pipeline_tag,
                             "tags": ["ftserve", task, "imported"], "license": license}
     if base_model:
         data["base_model"] = base_model
@@ -38,8 +37,7 @@ def imported_card(*, name: str, version: int, task: str, base_model: str | None,
         lines += ["## Metrics (from the archive's metrics.json)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
         lines.append("")
-    endpoint = {"classification": "classify", "question-answering": "answer", "summarization": "summarize",
-                "generation": "generate"}[task]
+    endpoint = TASKS[task].endpoint
     lines += ["## How to use", "", "```bash",
               f"curl -X POST $FTSERVE/{endpoint} -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}:{version}\", ...}}'", "```", ""]

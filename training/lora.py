@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError, ValidationFailed
+from core.tasks import TASKS
 from training.params_file import read_training_params
 from training.spec import LoraMethod
 
@@ -31,16 +32,14 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Model types peft 0.21's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING has no entry for, with the attention
 # projections it uses for their relatives (BERT's query/value): DistilBERT names them q_lin/v_lin.
 EXTRA_TARGETS: dict[str, list[str]] = {"distilbert": ["q_lin", "v_lin"]}
-# peft's task types. None (a plain PeftModel, which passes every input through) for the encoder tasks: peft 0.21's
-# PeftModelForSequenceClassification and PeftModelForQuestionAnswering drop `token_type_ids`, so a BERT would train
-# on segment ids other than the ones it is served with (a QA model's question/context ids). Their heads are named
-# in modules_to_save instead of being found by the task type.
-TASK_TYPES: dict[str, str | None] = {"classification": None, "question-answering": None,
-                                     "summarization": "SEQ_2_SEQ_LM", "generation": "CAUSAL_LM"}
-# Tasks whose head is new (or task-specific) and is trained whole and saved with the adapter. The LM heads of
-# summarization and generation are tied to the input embeddings and the vocabulary does not change: the base's
-# head is the right one, and saving it would store the largest matrix of a small model in every adapter.
-HEAD_TASKS = frozenset({"classification", "question-answering"})
+# Per task, from its descriptor (core/tasks.py):
+# - `peft_task_type`: peft's task type. None (a plain PeftModel, which passes every input through) for the encoder
+#   tasks: peft 0.21's PeftModelForSequenceClassification and PeftModelForQuestionAnswering drop `token_type_ids`,
+#   so a BERT would train on segment ids other than the ones it is served with (a QA model's question/context ids).
+#   Their heads are named in modules_to_save instead of being found by the task type.
+# - `lora_head`: the task's head is new (or task-specific) and is trained whole and saved with the adapter. The LM
+#   heads of summarization and generation are tied to the input embeddings and the vocabulary does not change: the
+#   base's head is the right one, and saving it would store the largest matrix of a small model in every adapter.
 # Config keys that differ between a base and its task model without being the task's settings.
 _CONFIG_NOISE = frozenset({"architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
                            "_commit_hash", "_attn_implementation_autoset", "output_attentions",
@@ -170,7 +169,8 @@ def wrap(model: PreTrainedModel, *, method: LoraMethod, task: str, model_name: s
     from transformers.pytorch_utils import Conv1D
 
     model_type = getattr(model.config, "model_type", None)
-    heads = head_modules(model) if task in HEAD_TASKS else []
+    info = TASKS[task]
+    heads = head_modules(model) if info.lora_head else []
     adaptable = adaptable_modules(model, exclude=heads)
     targets = method.target_modules or default_targets(model_type)
     if not targets:
@@ -182,7 +182,7 @@ def wrap(model: PreTrainedModel, *, method: LoraMethod, task: str, model_name: s
     # GPT-2's Conv1D layers store their weight transposed: peft must be told (it would warn and fix it itself).
     fan_in_fan_out = any(isinstance(module, Conv1D) for name, module in model.named_modules()
                          if any(matches(name, t) for t in targets))
-    config = LoraConfig(task_type=TASK_TYPES[task], r=method.r, lora_alpha=method.alpha,
+    config = LoraConfig(task_type=info.peft_task_type, r=method.r, lora_alpha=method.alpha,
                         lora_dropout=method.dropout, target_modules=list(targets), modules_to_save=list(heads) or None,
                         fan_in_fan_out=fan_in_fan_out)
     peft_model = get_peft_model(model, config)

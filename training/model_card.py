@@ -16,16 +16,15 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.tasks import TASKS, ByTask, TaskInfo
 from training.params_file import read_training_params
 
-PIPELINE_TAGS = {
-    "classification": "text-classification",
-    "question-answering": "question-answering",
-    "summarization": "summarization",
-    "generation": "text-generation",
-}
+if TYPE_CHECKING:
+    from training.tasks.base import Task
+
+PIPELINE_TAGS = ByTask(lambda task: task.pipeline_tag)
 HEADINGS = (
     "Intended uses and limitations",
     "Training data",
@@ -44,12 +43,6 @@ _METRIC_NAMES = {
     "perplexity": "Perplexity", "eval_loss": "Validation loss", "train_loss": "Training loss",
     "train_runtime_s": "Training runtime (s)",
 }
-_ENDPOINTS = {
-    "classification": ("/classify", {"inputs": ["great film"]}),
-    "question-answering": ("/answer", {"question": "Who won?", "context": "The Broncos won the game."}),
-    "summarization": ("/summarize", {"inputs": ["A long document ..."]}),
-    "generation": ("/generate", {"prompt": "Once upon a time", "max_new_tokens": 32}),
-}
 _LIBRARY_NAMES = {"ftserve": "ftserve", "transformers": "Transformers", "torch": "PyTorch", "datasets": "Datasets",
                   "tokenizers": "Tokenizers"}
 _LICENSE_SOURCES = {
@@ -60,6 +53,13 @@ _LICENSE_SOURCES = {
 _PREPROCESSING_ORDER = ("tokenizer", "max_length", "truncation", "padding", "doc_stride", "max_answer_length",
                         "prefix", "prefix_note", "max_target_length", "block_size", "eos_handling", "packing")
 _SKIPPED_EVAL_KEYS = ("_runtime", "_per_second", "epoch")
+
+
+def _trainer(task: str) -> Task | None:
+    """The task's training module, which words the card's task-specific parts (uses, context length, snippet)."""
+    from training.tasks import get_task, implemented
+
+    return get_task(task) if task in implemented() else None
 
 
 def evaluation_rows(log_history: Iterable[dict[str, Any]],
@@ -154,6 +154,9 @@ class _Card:
     def __init__(self, *, name: str, version: int, task: str, params: dict[str, Any], metrics: dict[str, Any],
                  evaluations: list[dict[str, Any]]) -> None:
         self.name, self.version, self.task = name, version, task
+        # None for a task this ftserve does not know (a version of a task since removed): generic text then.
+        self.info: TaskInfo | None = TASKS.get(task)
+        self.trainer: Task | None = _trainer(task)
         self.ref = f"{name}:{version}"
         self.params, self.metrics, self.evaluations = params, metrics, evaluations
         self.data_info: dict[str, Any] = params.get("data") if isinstance(params.get("data"), dict) else {}
@@ -280,8 +283,7 @@ class _Card:
         return "\n".join(lines)
 
     def _intro(self) -> list[str]:
-        task = {"classification": "text classification", "question-answering": "extractive question answering",
-                "summarization": "summarization", "generation": "text generation"}.get(self.task, self.task)
+        task = self.info.title if self.info else self.task
         if self.base_parent:
             origin = f"the registered ftserve model `{self.base_parent}`"
             origin += f" (itself fine-tuned from [{self.base_hub}](https://huggingface.co/{self.base_hub}))" \
@@ -332,9 +334,7 @@ class _Card:
         """Python lines that load an adapter's base model as `base` (with the config values the task set)."""
         adapter = self.adapter or {}
         base = adapter.get("base") or {}
-        auto = {"classification": "AutoModelForSequenceClassification",
-                "question-answering": "AutoModelForQuestionAnswering", "summarization": "AutoModelForSeq2SeqLM",
-                "generation": "AutoModelForCausalLM"}.get(self.task, "AutoModel")
+        auto = self.info.auto_class if self.info else "AutoModel"
         if self.adapter_hub:
             where = json.dumps(self.adapter_hub) + (f", revision={json.dumps(base['revision'])}"
                                                     if base.get("revision") else "")
@@ -351,37 +351,14 @@ class _Card:
                 "tokenizer = AutoTokenizer.from_pretrained(model_id)"]
 
     def _context_length(self) -> str:
-        if self.task == "generation":
-            block = self.serving.get("block_size")
-            return (f"trained on blocks of {block} tokens; prompts plus generated tokens beyond the model's "
-                    "position limit are refused" if block else "not recorded")
+        if self.trainer is not None:
+            return self.trainer.card_context_length(self.serving)
         max_length = self.serving.get("max_length")
-        if max_length is None:
-            return "not recorded"
-        if self.task == "question-answering":
-            return (f"{max_length} tokens per window (question + context); longer contexts are read in windows "
-                    f"overlapping by {self.serving.get('doc_stride')} tokens")
-        return f"{max_length} tokens; longer inputs are truncated"
+        return "not recorded" if max_length is None else f"{max_length} tokens; longer inputs are truncated"
 
     def _uses(self) -> list[str]:
         labels = self.serving.get("labels")
-        uses = {
-            "classification": (
-                f"Assigns one of {len(labels) if isinstance(labels, list) else 'its'} labels to a text "
-                "(served by `/classify`). Scores are softmax probabilities over this label set only: a text "
-                "unlike the training data still gets one of these labels, often with a high score."),
-            "question-answering": (
-                "Extracts the answer to a question as a span of the given context (SQuAD v1.1 style, served by "
-                "`/answer`). It always returns a span: it was not trained to say that the context holds no "
-                "answer."),
-            "summarization": (
-                "Writes an abstractive summary of a document (served by `/summarize`). A summary may state "
-                "things the document does not say; check it before relying on it."),
-            "generation": (
-                "Continues a prompt in the style of its training corpus (served by `/generate`). It is a plain "
-                "language model: not instruction-tuned and not safety-tuned; its text may be false or offensive."),
-        }
-        lines = [uses.get(self.task, f"A {self.task} model."), ""]
+        lines = [self.trainer.card_uses(self.serving) if self.trainer else f"A {self.task} model.", ""]
         if isinstance(labels, list):
             shown = ", ".join(_code(label) for label in labels[:MAX_TABLE_ROWS])
             more = f" and {len(labels) - MAX_TABLE_ROWS} more" if len(labels) > MAX_TABLE_ROWS else ""
@@ -416,8 +393,7 @@ class _Card:
         if isinstance(validation, dict):
             lines.append(f"- Validation: {self._source(validation)}.")
         elif ratio:
-            stratified = ", stratified by label (a label with one row stays in training)" \
-                if self.task == "classification" else ""
+            stratified = self.trainer.split_note if self.trainer else ""
             lines.append(f"- Validation: {ratio * 100:g}% of the rows held out at random (seed "
                          f"{(self.params.get('hyperparameters') or {}).get('seed')}){stratified}.")
         lines.append(f"- Rows used: {_fmt(info.get('train_rows'))} for training, "
@@ -521,51 +497,10 @@ class _Card:
     def _how_to_use(self) -> list[str]:
         model_id = f"./{self.name}-{self.version}"
         load = [f'model_id = "{model_id}"  # this folder, or the Hub repo it was pushed to ("org/name")']
-        prefix = self.serving.get("prefix") or ""
-        snippets = {
-            "classification": [
-                "from transformers import pipeline", "", *load,
-                'classify = pipeline("text-classification", model=model_id)',
-                'print(classify(["great film"], top_k=None))'],
-            "question-answering": [
-                "import torch",
-                "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "", *load,
-                "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-                "model = AutoModelForQuestionAnswering.from_pretrained(model_id)",
-                'question, context = "Who won?", "The Broncos won the game."',
-                "# One window; ftserve's /answer reads longer contexts in overlapping windows (doc_stride "
-                f"{self.serving.get('doc_stride', 128)}).",
-                'enc = tokenizer(question, context, truncation="only_second", '
-                f'max_length={self.serving.get("max_length", 384)}, return_offsets_mapping=True, '
-                'return_tensors="pt")',
-                'offsets = enc.pop("offset_mapping")[0]',
-                "with torch.no_grad():",
-                "    out = model(**enc)",
-                "in_context = [i for i, s in enumerate(enc.sequence_ids(0)) if s == 1]",
-                "start = max(in_context, key=lambda i: out.start_logits[0, i])",
-                "end = max((i for i in in_context if start <= i < start + "
-                f"{self.serving.get('max_answer_length', 30)}), key=lambda i: out.end_logits[0, i])",
-                "print(context[offsets[start][0]:offsets[end][1]])"],
-            "summarization": [
-                "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "", *load,
-                "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-                "model = AutoModelForSeq2SeqLM.from_pretrained(model_id)",
-                'document = "A long document ..."',
-                f"inputs = tokenizer([{json.dumps(prefix)} + document], truncation=True, "
-                f"max_length={self.serving.get('max_length', 512)}, return_tensors=\"pt\")"
-                + ("  # the prefix it was trained with" if prefix else ""),
-                "print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), "
-                "skip_special_tokens=True))"],
-            "generation": [
-                "from transformers import AutoModelForCausalLM, AutoTokenizer", "", *load,
-                "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-                "model = AutoModelForCausalLM.from_pretrained(model_id)",
-                'inputs = tokenizer("Once upon a time", return_tensors="pt")',
-                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))"],
-        }
-        endpoint, body = _ENDPOINTS.get(self.task, ("/", {}))
+        endpoint, body = (self.info.route, self.info.example) if self.info else ("/", {})
         body = {"model": self.ref, **body}
-        code = ["With `transformers`:", "", "```python", *snippets.get(self.task, [*load]), "```", ""]
+        snippet = self.trainer.card_snippet(self.serving, load=load) if self.trainer else load
+        code = ["With `transformers`:", "", "```python", *snippet, "```", ""]
         if self.adapter is not None:
             code = ["With `peft` and `transformers` (the base model, then the adapter on it; `model` is then used "
                     "as a full model is):", "", "```python", *self._base_loading(), "```", ""]

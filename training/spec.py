@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from core.errors import ValidationFailed
+from core.tasks import TASKS, ByTask, load
 
-TASK_NAMES = ("classification", "question-answering", "summarization", "generation")
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MAX_STEPS = 10**9  # step counts far past any real run, small enough for every library's integer types
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -189,20 +189,9 @@ class GenerationParams(CommonParams):
     block_size: int = Field(default=128, ge=8, le=32768)
 
 
-PARAMS: dict[str, type[CommonParams]] = {
-    "classification": ClassificationParams,
-    "question-answering": QuestionAnsweringParams,
-    "summarization": SummarizationParams,
-    "generation": GenerationParams,
-}
-
-# task → {field: default column}
-FIELDS: dict[str, dict[str, str]] = {
-    "classification": {"text": "text", "label": "label"},
-    "question-answering": {"question": "question", "context": "context", "answers": "answers"},
-    "summarization": {"document": "document", "summary": "summary"},
-    "generation": {"text": "text"},
-}
+# task → its hyperparameters model and {field: default column}, as the task's descriptor (core/tasks.py) names them.
+PARAMS: ByTask[type[CommonParams]] = ByTask(lambda task: load(task.params))
+FIELDS: ByTask[dict[str, str]] = ByTask(lambda task: dict(task.fields))
 
 
 def _dataset_id(value: str | None) -> str | None:
@@ -248,12 +237,7 @@ class EvalDatasetRef(DatasetRef):
 
 
 # The metrics an evaluation gives, per task (the keys of a version's metrics.json, less the training-only ones).
-EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "f1_macro", "eval_loss"),
-    "question-answering": ("exact_match", "f1", "eval_loss"),
-    "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum", "eval_loss"),
-    "generation": ("eval_loss", "perplexity"),
-}
+EVAL_METRICS: ByTask[tuple[str, ...]] = ByTask(lambda task: task.eval_metrics)
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity"})
 
 
@@ -325,7 +309,7 @@ def method_type(method: Any) -> str:
 
 class JobRequest(_Strict):
     # A string checked against the tasks by build_spec (its message lists them); the enum documents them.
-    task: str = Field(max_length=64, json_schema_extra={"enum": list(TASK_NAMES)})
+    task: str = Field(max_length=64, json_schema_extra={"enum": list(TASKS)})
     base_model: str = Field(min_length=1, max_length=512)
     dataset: DatasetRef
     validation: ValidationRef = Field(default_factory=lambda: ValidationRef(split_ratio=0.1))
@@ -396,7 +380,7 @@ def params_error(task: str, exc: ValidationError) -> ValidationFailed:
 def build_spec(request: JobRequest, *, default_model_name: str) -> JobSpec:
     """Check the task, column mapping and hyperparameters; fill in defaults."""
     if request.task not in PARAMS:
-        raise ValidationFailed(f"unknown task '{request.task}'; allowed: {', '.join(TASK_NAMES)}")
+        raise ValidationFailed(f"unknown task '{request.task}'; allowed: {', '.join(TASKS)}")
     columns = task_columns(request.task, request.columns)
     promote = request.promote
     if promote is not None:

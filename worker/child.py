@@ -30,6 +30,7 @@ from core.errors import Conflict, UserError, ValidationFailed, scrub_paths
 from core.ids import new_id
 from core.logging import setup_logging
 from core.settings import Settings, configure_environment, get_settings
+from core.tasks import TASKS
 from registry import jobs as jobrepo
 from registry import versions
 from registry.access import Viewer
@@ -537,12 +538,12 @@ def main(argv: list[str]) -> int:
 
 
 # What a job's process imports before it can train: ~7 s of a CPU, paid by a standby before its job is known.
-PRELOAD = ("torch", "transformers", "datasets", "training.runner", "training.data", "training.tasks.classification",
-           "training.tasks.question_answering", "training.tasks.summarization", "training.tasks.generation",
+# Every task's module (core/tasks.py names them) and AutoModel class.
+PRELOAD = ("torch", "transformers", "datasets", "training.runner", "training.data",
+           *(info.trainer_module for info in TASKS.values()),
            "worker.operations", "peft")  # peft: a LoRA job's (its import is ~2 s of a CPU too)
 PRELOAD_ATTRS = ("Trainer", "Seq2SeqTrainer", "TrainingArguments", "AutoConfig", "AutoTokenizer",
-                 "AutoModelForSequenceClassification", "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
-                 "AutoModelForCausalLM", "DataCollatorWithPadding")
+                 *(info.auto_class for info in TASKS.values()), "DataCollatorWithPadding")
 
 
 def standby(parent_pid: int) -> int:

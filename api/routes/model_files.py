@@ -32,7 +32,8 @@ from api.uploads import receive_upload
 from core.errors import NotReady, ValidationFailed, scrub_paths
 from core.ids import new_id
 from core.settings import Settings
-from inference.importing import TASKS, Checked, check_model_folder, write_params
+from core.tasks import TASKS
+from inference.importing import Checked, check_model_folder, write_params
 from registry import jobs as jobrepo
 from registry import versions
 from registry.access import Viewer
@@ -175,7 +176,7 @@ class HubImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hub: str = Field(max_length=96, description="A Hugging Face hub model id, `name` or `org/name`.")
     revision: str | None = Field(default=None, max_length=128, description="A branch, tag or commit.")
-    task: Literal["classification", "question-answering", "summarization", "generation"] | None = Field(
+    task: Literal[tuple(TASKS)] | None = Field(  # type: ignore[valid-type]  # the tasks, as the enum of the schema
         default=None, description="Inferred from config.architectures when absent; must agree with it.")
 
     @field_validator("hub")

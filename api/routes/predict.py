@@ -16,6 +16,7 @@ from api.responses import VALIDATED, AnswerResponse, ClassifyResponse, GenerateR
 from api.schemas import AnswerRequest, ClassifyRequest, GenerateRequest, SummarizeRequest
 from api.streams import SlotStream, StreamSlots
 from core.errors import FtserveError, ValidationFailed
+from core.tasks import TASKS, TaskInfo
 from inference import metrics
 from inference.service import InferenceService
 from registry.access import Viewer
@@ -23,6 +24,10 @@ from registry.access import Viewer
 router = APIRouter(tags=["predict"])
 log = logging.getLogger("ftserve.api")
 UNRESOLVED = "-"  # the metrics label of a request whose model was not found
+# The task each endpoint serves; its route is the task descriptor's (core/tasks.py), as the registry's "served by"
+# messages and the model cards name it.
+CLASSIFY, ANSWER = TASKS["classification"], TASKS["question-answering"]
+SUMMARIZE, GENERATE = TASKS["summarization"], TASKS["generation"]
 
 
 def _check_sizes(texts: list[str], *, max_items: int, max_chars: int) -> None:
@@ -52,15 +57,15 @@ def _timeout(request: Request, default: float) -> float:
     return min(value, default)
 
 
-async def _run(endpoint: str, request: Request, service: InferenceService, viewer: Viewer, ref: str | None,
-               task: str, items: list[Any], **params: Any) -> tuple[str, list[Any]]:
+async def _run(task: TaskInfo, request: Request, service: InferenceService, viewer: Viewer, ref: str | None,
+               items: list[Any], **params: Any) -> tuple[str, list[Any]]:
     """Resolve among the models the caller may use, run through the model's batcher, and record the request in
     /metrics — labelled with the resolved version only: a label per made-up model name would grow /metrics
     without bound."""
     t0 = time.perf_counter()
     model, status = UNRESOLVED, 200
     try:
-        resolved = await service.resolve_async(ref, task, viewer)
+        resolved = await service.resolve_async(ref, task.name, viewer)
         model = resolved.ref
         results = await service.run(resolved, items, is_disconnected=request.is_disconnected,
                                     timeout=_timeout(request, service.settings.request_timeout_seconds), **params)
@@ -69,7 +74,7 @@ async def _run(endpoint: str, request: Request, service: InferenceService, viewe
         status = status_of(exc)[0] if isinstance(exc, Exception) else 499
         raise
     finally:
-        _record(endpoint, model, status, t0)
+        _record(task.route, model, status, t0)
 
 
 def _record(endpoint: str, model: str, status: int, t0: float) -> None:
@@ -77,18 +82,17 @@ def _record(endpoint: str, model: str, status: int, t0: float) -> None:
     metrics.LATENCY.labels(endpoint=endpoint, model=model).observe(time.perf_counter() - t0)
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses={**VALIDATED, **errors(404, 429, 503, 504)})
+@router.post(CLASSIFY.route, response_model=ClassifyResponse, responses={**VALIDATED, **errors(404, 429, 503, 504)})
 async def classify(body: ClassifyRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                    viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     _check_sizes(texts, max_items=settings.max_inputs_per_request, max_chars=settings.max_input_chars)
     # Every label ranked in the batch, cut to this request's top_k here: requests with any top_k share batches.
-    ref, ranked = await _run("/classify", request, service, viewer, body.model, "classification",
-                             texts, top_k=None)
+    ref, ranked = await _run(CLASSIFY, request, service, viewer, body.model, texts, top_k=None)
     return {"model": ref, "predictions": [r[: body.top_k] if body.top_k else r for r in ranked]}
 
 
-@router.post("/answer", response_model=AnswerResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
+@router.post(ANSWER.route, response_model=AnswerResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def answer(body: AnswerRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                  viewer: ViewerDep) -> dict[str, Any]:
     try:
@@ -98,12 +102,12 @@ async def answer(body: AnswerRequest, request: Request, service: InferenceDep, s
     _check_sizes([i.context + i.question for i in items], max_items=settings.max_inputs_per_request,
                  max_chars=settings.max_input_chars)
     pairs = [(i.question, i.context) for i in items]
-    ref, answers = await _run("/answer", request, service, viewer, body.model, "question-answering",
-                              pairs)
+    ref, answers = await _run(ANSWER, request, service, viewer, body.model, pairs)
     return {"model": ref, "answers": answers}
 
 
-@router.post("/summarize", response_model=SummarizeResponse, responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
+@router.post(SUMMARIZE.route, response_model=SummarizeResponse,
+             responses={**VALIDATED, **errors(404, 413, 429, 503, 504)})
 async def summarize(body: SummarizeRequest, request: Request, service: InferenceDep, settings: SettingsDep,
                     viewer: ViewerDep) -> dict[str, Any]:
     texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
@@ -113,7 +117,7 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
     if body.min_new_tokens > body.max_new_tokens:
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     ref, summaries = await _run(
-        "/summarize", request, service, viewer, body.model, "summarization", texts,
+        SUMMARIZE, request, service, viewer, body.model, texts,
         max_new_tokens=body.max_new_tokens,
         min_new_tokens=body.min_new_tokens, num_beams=body.num_beams, length_penalty=body.length_penalty,
         no_repeat_ngram_size=body.no_repeat_ngram_size,
@@ -121,7 +125,7 @@ async def summarize(body: SummarizeRequest, request: Request, service: Inference
     return {"model": ref, "summaries": summaries}
 
 
-@router.post("/generate", response_model=GenerateResponse, responses={
+@router.post(GENERATE.route, response_model=GenerateResponse, responses={
     200: {"description": "JSON, or with `\"stream\": true` a `text/event-stream` of `event: token` "
                          "(`{\"text\": chunk}`) and a last `event: done` (`{text, finish_reason, tokens}`) or "
                          "`event: error` (the error shape).",
@@ -139,8 +143,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
         raise ValidationFailed("min_new_tokens must not exceed max_new_tokens")
     params = body.generation_params()
     if not body.stream:
-        ref, generations = await _run("/generate", request, service, viewer, body.model, "generation",
-                                      prompts, **params)
+        ref, generations = await _run(GENERATE, request, service, viewer, body.model, prompts, **params)
         return {"model": ref, "generations": generations}
 
     # Everything that can refuse the request does so before the stream starts, as a plain status: an unknown
@@ -149,7 +152,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
     model = UNRESOLVED
     slots: StreamSlots = request.app.state.stream_slots
     try:
-        resolved = await service.resolve_async(body.model, "generation", viewer)
+        resolved = await service.resolve_async(body.model, GENERATE.name, viewer)
         model = resolved.ref
         slots.acquire(viewer.owner)
         try:
@@ -160,7 +163,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
             slots.release(viewer.owner)
             raise
     except Exception as exc:
-        _record("/generate", model, status_of(exc)[0], t0)
+        _record(GENERATE.route, model, status_of(exc)[0], t0)
         raise
 
     async def events() -> AsyncIterator[str]:
@@ -182,7 +185,7 @@ async def generate(body: GenerateRequest, request: Request, service: InferenceDe
             status = 499  # the client went away
             raise
         finally:
-            _record("/generate", model, status, t0)
+            _record(GENERATE.route, model, status, t0)
 
     response = SlotStream(events(), slots=slots, key=viewer.owner, media_type="text/event-stream",
                           headers={"Cache-Control": "no-cache", "X-Model": resolved.ref})

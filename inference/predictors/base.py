@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from core.tasks import TASKS
+
 # The tokenizer outputs a forward pass reads (offsets and overflow mappings are for post-processing only).
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -72,18 +74,37 @@ def features_of(encoded: Sequence[Encoded]) -> tuple[dict[str, list[list[int]]],
     return features, owners
 
 
+def positions(config: dict[str, Any]) -> int | None:
+    """The longest input a model's config.json allows (its position embeddings), if it says."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def capped(value: int, config: dict[str, Any]) -> int:
+    """`value` tokens, or fewer when the model's positions end before."""
+    limit = positions(config)
+    return min(value, limit) if limit else value
+
+
 class Predictor(ABC):
     """A loaded model version: its tokenizer, its model (on `device`, in eval mode) and the serving parameters that
     training chose (`training_params.json`'s "serving")."""
 
-    task: ClassVar[str]
-    auto_class: ClassVar[str]  # the transformers Auto class the model loads with
+    task: ClassVar[str]  # its descriptor (core/tasks.py) names the transformers Auto class the model loads with
     # One short forward per batch (encoders): a batch never waits to fill; it is what queued while the last ran.
     zero_wait: ClassVar[bool] = False
     # Request parameters that `encode` attaches to each input rather than `predict` reading them for the batch.
     input_params: ClassVar[frozenset[str]] = frozenset()
 
     sample_input: ClassVar[Any] = "warm-up"  # an input `encode` takes, for `warm_up`
+    # FTSERVE_ONNX (inference/onnx_runtime.py): the outputs an ONNX Runtime export of the model gives and the
+    # transformers output class (transformers.modeling_outputs) `predict` reads them from. None: always torch (one
+    # encoder forward per batch is what the export serves; generate loops stay torch).
+    onnx_outputs: ClassVar[tuple[str, ...]] = ()
+    onnx_output_class: ClassVar[str] = ""
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None) -> None:
         """`model`, `tokenizer`: already loaded (an adapter version's model on its shared base, a tokenizer shared
@@ -96,7 +117,8 @@ class Predictor(ABC):
         if model is None:
             import transformers
 
-            model = load_model(getattr(transformers, self.auto_class), str(model_dir)).to(device).eval()
+            auto_class = getattr(transformers, TASKS[self.task].auto_class)
+            model = load_model(auto_class, str(model_dir)).to(device).eval()
         self.model = model
         self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
 
@@ -118,6 +140,12 @@ class Predictor(ABC):
     @abstractmethod
     def predict(self, encoded: Sequence[Encoded], **params: Any) -> list[Any]:
         """One result per encoded input (the inputs of several requests, batched)."""
+
+    @classmethod
+    def imported_serving(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The "serving" values this predictor reads, for a model trained elsewhere (an import without them), from
+        its config.json alone; raises ValidationFailed for a config it cannot serve."""
+        return {}
 
     @classmethod
     def padded_tokens(cls, encoded: Sequence[Encoded], **params: Any) -> int:

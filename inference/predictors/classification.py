@@ -8,21 +8,43 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictors.base import Encoded, Predictor, adapter_rows, features_of, one_row_each
+from core.errors import ValidationFailed
+from inference.predictors.base import Encoded, Predictor, adapter_rows, capped, features_of, one_row_each
+
+
+def config_labels(config: dict[str, Any]) -> list[str]:
+    """The label names of a config.json (`id2label`), checked."""
+    id2label = config.get("id2label")
+    if id2label is None:
+        return ["LABEL_0", "LABEL_1"]  # transformers' own default for a config without labels
+    if not isinstance(id2label, dict) or not id2label:
+        raise ValidationFailed("config.json id2label must be an object of label ids to names")
+    try:
+        by_id = {int(k): v for k, v in id2label.items()}
+    except ValueError as exc:
+        raise ValidationFailed("config.json id2label keys must be label ids 0, 1, …") from exc
+    if sorted(by_id) != list(range(len(by_id))) or not all(isinstance(v, str) and v for v in by_id.values()):
+        raise ValidationFailed("config.json id2label must map ids 0…n-1 to non-empty names")
+    return [str(by_id[i]) for i in range(len(by_id))]
 
 
 class ClassificationPredictor(Predictor):
     """A list of texts in, a list of ranked label lists ({"label", "score"}, softmax probabilities) out."""
 
     task = "classification"
-    auto_class = "AutoModelForSequenceClassification"
     zero_wait = True
+    onnx_outputs = ("logits",)
+    onnx_output_class = "SequenceClassifierOutput"
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
                  ) -> None:
         super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         self.max_length = int(self.serving.get("max_length", 512))
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+
+    @classmethod
+    def imported_serving(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"labels": config_labels(config), "max_length": capped(512, config)}
 
     def encode(self, inputs: Sequence[str], **params: Any) -> list[Encoded]:
         enc = self.tokenizer(list(inputs), truncation=True, max_length=self.max_length)

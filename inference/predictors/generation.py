@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ValidationFailed
-from inference.predictors.base import Encoded, Predictor, adapter_rows
+from inference.predictors.base import Encoded, Predictor, adapter_rows, capped
 
 
 class _StopOn:
@@ -70,7 +70,6 @@ class GenerationPredictor(Predictor):
     """Prompts in, {"text", "finish_reason", "tokens"} out. `text` excludes the prompt."""
 
     task = "generation"
-    auto_class = "AutoModelForCausalLM"
     # Each prompt carries its own max_new_tokens: requests that differ only there share a batch.
     input_params = frozenset({"max_new_tokens"})
 
@@ -80,6 +79,10 @@ class GenerationPredictor(Predictor):
 
         super().__init__(model_dir, device=device, model=model, tokenizer=tokenizer)
         ensure_pad_token(self.tokenizer)
+
+    @classmethod
+    def imported_serving(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"block_size": capped(1024, config)}
 
     def encode(self, inputs: Sequence[str], *, max_new_tokens: int = 64, **params: Any) -> list[Encoded]:
         """Each prompt's token ids, with its `max_new_tokens` (`meta`); a prompt whose tokens and max_new_tokens pass

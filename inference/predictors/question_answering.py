@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictors.base import FEATURES, Encoded, Predictor, adapter_rows, features_of
+from inference.predictors.base import FEATURES, Encoded, Predictor, adapter_rows, capped, features_of
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,10 @@ class QuestionAnsweringPredictor(Predictor):
     """(question, context) pairs in, best spans out: {"answer", "score", "start", "end"}."""
 
     task = "question-answering"
-    auto_class = "AutoModelForQuestionAnswering"
     zero_wait = True
     sample_input = ("warm-up", "warm-up")
+    onnx_outputs = ("start_logits", "end_logits")
+    onnx_output_class = "QuestionAnsweringModelOutput"
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
                  ) -> None:
@@ -39,6 +40,11 @@ class QuestionAnsweringPredictor(Predictor):
         self.max_length = int(self.serving.get("max_length", 384))
         self.doc_stride = int(self.serving.get("doc_stride", 128))
         self.max_answer_length = int(self.serving.get("max_answer_length", 30))
+
+    @classmethod
+    def imported_serving(cls, config: dict[str, Any]) -> dict[str, Any]:
+        max_length = capped(384, config)
+        return {"max_length": max_length, "doc_stride": min(128, max_length // 4), "max_answer_length": 30}
 
     def encode(self, inputs: Sequence[tuple[str, str]], **params: Any) -> list[Encoded]:
         from training.qa_postprocess import encode_windows, window_from_encoding

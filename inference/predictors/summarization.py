@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.predictors.base import Encoded, Predictor, adapter_rows, features_of, one_row_each
+from inference.predictors.base import Encoded, Predictor, adapter_rows, capped, features_of, one_row_each
 
 # Generation runs in slices of this many documents: memory stays bounded for large requests.
 PREDICT_BATCH = 16
@@ -23,7 +23,6 @@ class SummarizationPredictor(Predictor):
     """A list of documents in, a list of summaries out; each document gets the prefix it was trained with."""
 
     task = "summarization"
-    auto_class = "AutoModelForSeq2SeqLM"
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", model: Any = None, tokenizer: Any = None
                  ) -> None:
@@ -32,6 +31,11 @@ class SummarizationPredictor(Predictor):
         self.tokenizer.padding_side = "right"
         self.prefix = str(self.serving.get("prefix") or "")
         self.max_length = int(self.serving.get("max_length", 512))
+
+    @classmethod
+    def imported_serving(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"prefix": "summarize: " if config.get("model_type") == "t5" else "",
+                "max_length": capped(512, config), "max_target_length": 128}
 
     def encode(self, inputs: Sequence[str], **params: Any) -> list[Encoded]:
         enc = self.tokenizer([self.prefix + t for t in inputs], truncation=True, max_length=self.max_length)

@@ -1,4 +1,5 @@
-"""The shape every task module has. Adding a task = one module implementing `Task` + one registry entry."""
+"""The shape every task module has. Adding a task = one module implementing `Task` + one registry entry (its
+`TaskInfo` in core/tasks.py, which names this module's class and the task's params model and predictor)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.tasks import TASKS
 from training.spec import CommonParams
 
 if TYPE_CHECKING:
@@ -93,6 +95,31 @@ class Task(ABC):
     def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         """How `prepare` turned rows into model inputs, for the model card: {fact: value}, e.g. max_length,
         truncation, padding (`serving` is the Prepared.serving_params it returned)."""
+
+    # The model card's words for the task (training/model_card.py); `serving` is training_params.json's "serving".
+
+    # How the held-out validation split is chosen, beyond "at random" (", stratified by label").
+    split_note: str = ""
+
+    @property
+    def route(self) -> str:
+        """The predict endpoint that serves the task's models."""
+        return TASKS[self.name].route
+
+    def card_uses(self, serving: dict[str, Any]) -> str:
+        """What the model does and how it can mislead, one paragraph ("Intended uses and limitations")."""
+        return f"A {TASKS[self.name].title} model (served by `{self.route}`)."
+
+    def card_context_length(self, serving: dict[str, Any]) -> str:
+        """How long an input may be, as the card's "Context length" says it."""
+        max_length = serving.get("max_length")
+        return "not recorded" if max_length is None else f"{max_length} tokens; longer inputs are truncated"
+
+    def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
+        """Python lines that run the saved folder with plain `transformers` ("How to use"); `load` sets model_id."""
+        auto = TASKS[self.name].auto_class
+        return [f"from transformers import {auto}, AutoTokenizer", "", *load,
+                "tokenizer = AutoTokenizer.from_pretrained(model_id)", f"model = {auto}.from_pretrained(model_id)"]
 
     def derived_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Metrics computed from the evaluation's, e.g. perplexity from eval_loss."""

@@ -30,6 +30,18 @@ def label_text(value: Any) -> str:
 class ClassificationTask(Task):
     name = "classification"
     main_metric = "f1_macro"
+    split_note = ", stratified by label (a label with one row stays in training)"
+
+    def card_uses(self, serving: dict[str, Any]) -> str:
+        labels = serving.get("labels")
+        return (f"Assigns one of {len(labels) if isinstance(labels, list) else 'its'} labels to a text "
+                f"(served by `{self.route}`). Scores are softmax probabilities over this label set only: a text "
+                "unlike the training data still gets one of these labels, often with a high score.")
+
+    def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
+        return ["from transformers import pipeline", "", *load,
+                'classify = pipeline("text-classification", model=model_id)',
+                'print(classify(["great film"], top_k=None))']
 
     def check_rows(self, rows: Iterable[dict[str, Any]], *, uploaded: bool, what: str) -> None:
         self.check_profile(profile_rows(rows), {"text": "text", "label": "label"}, what=what)

@@ -88,6 +88,24 @@ class GenerationTask(Task):
         return {"blank_texts_skipped": {"train": sum(1 for r in train_rows if not r["text"].strip()),
                                         "validation": sum(1 for r in eval_rows if not r["text"].strip())}}
 
+    def card_uses(self, serving: dict[str, Any]) -> str:
+        return (f"Continues a prompt in the style of its training corpus (served by `{self.route}`). It is a "
+                "plain language model: not instruction-tuned and not safety-tuned; its text may be false or "
+                "offensive.")
+
+    def card_context_length(self, serving: dict[str, Any]) -> str:
+        block = serving.get("block_size")
+        return (f"trained on blocks of {block} tokens; prompts plus generated tokens beyond the model's position "
+                "limit are refused" if block else "not recorded")
+
+    def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
+        return [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "", *load,
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+            "model = AutoModelForCausalLM.from_pretrained(model_id)",
+            'inputs = tokenizer("Once upon a time", return_tensors="pt")',
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))"]
+
     def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         return {
             "tokenizer": type(tokenizer).__name__,

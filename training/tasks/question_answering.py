@@ -148,6 +148,38 @@ class QuestionAnsweringTask(Task):
         )
 
 
+    def card_uses(self, serving: dict[str, Any]) -> str:
+        return ("Extracts the answer to a question as a span of the given context (SQuAD v1.1 style, served by "
+                f"`{self.route}`). It always returns a span: it was not trained to say that the context holds no "
+                "answer.")
+
+    def card_context_length(self, serving: dict[str, Any]) -> str:
+        max_length = serving.get("max_length")
+        if max_length is None:
+            return "not recorded"
+        return (f"{max_length} tokens per window (question + context); longer contexts are read in windows "
+                f"overlapping by {serving.get('doc_stride')} tokens")
+
+    def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
+        return [
+            "import torch",
+            "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "", *load,
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+            "model = AutoModelForQuestionAnswering.from_pretrained(model_id)",
+            'question, context = "Who won?", "The Broncos won the game."',
+            f"# One window; ftserve's {self.route} reads longer contexts in overlapping windows (doc_stride "
+            f"{serving.get('doc_stride', 128)}).",
+            'enc = tokenizer(question, context, truncation="only_second", '
+            f'max_length={serving.get("max_length", 384)}, return_offsets_mapping=True, return_tensors="pt")',
+            'offsets = enc.pop("offset_mapping")[0]',
+            "with torch.no_grad():",
+            "    out = model(**enc)",
+            "in_context = [i for i, s in enumerate(enc.sequence_ids(0)) if s == 1]",
+            "start = max(in_context, key=lambda i: out.start_logits[0, i])",
+            "end = max((i for i in in_context if start <= i < start + "
+            f"{serving.get('max_answer_length', 30)}), key=lambda i: out.end_logits[0, i])",
+            "print(context[offsets[start][0]:offsets[end][1]])"]
+
     def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         return {
             "tokenizer": type(tokenizer).__name__,

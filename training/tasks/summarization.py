@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,6 +172,22 @@ class SummarizationTask(Task):
             serving_params={"prefix": prefix, "max_length": max_length, "max_target_length": max_target_length},
         )
 
+
+    def card_uses(self, serving: dict[str, Any]) -> str:
+        return (f"Writes an abstractive summary of a document (served by `{self.route}`). A summary may state "
+                "things the document does not say; check it before relying on it.")
+
+    def card_snippet(self, serving: dict[str, Any], *, load: list[str]) -> list[str]:
+        prefix = serving.get("prefix") or ""
+        return [
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "", *load,
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+            "model = AutoModelForSeq2SeqLM.from_pretrained(model_id)",
+            'document = "A long document ..."',
+            f"inputs = tokenizer([{json.dumps(prefix)} + document], truncation=True, "
+            f"max_length={serving.get('max_length', 512)}, return_tensors=\"pt\")"
+            + ("  # the prefix it was trained with" if prefix else ""),
+            "print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=64), skip_special_tokens=True))"]
 
     def preprocessing(self, *, serving: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         prefix = serving.get("prefix") or ""
