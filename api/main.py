@@ -33,7 +33,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     def warm() -> None:
         try:
-            removed = ArtifactStore(get_settings().data_dir).sweep_request_dirs(older_than_seconds=REQUEST_DIR_TTL)
+            removed = ArtifactStore(app.state.settings.data_dir).sweep_request_dirs(
+                older_than_seconds=REQUEST_DIR_TTL)
             if removed:
                 log.info("removed %d folder(s) an earlier API process left in imports/", len(removed))
         except OSError:

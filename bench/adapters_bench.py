@@ -241,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         common = {"task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": data},
                   "validation": {"id": validation}}
         full_job = finished(stack, submit(stack, {**common, "model_name": "full", "hyperparameters": {
-            "epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "seed": 42}}))
+            "epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "warmup_steps": 0, "seed": 42}}))
         lora_job = finished(stack, submit(stack, {**common, "model_name": "lora", "method": {"type": "lora"},
                                                   "hyperparameters": {"epochs": 1, "batch_size": 16,
-                                                                      "learning_rate": 1e-3, "seed": 42}}))
+                                                                      "learning_rate": 1e-3, "warmup_steps": 0,
+                                                                      "seed": 42}}))
         runs = [trained(stack, full_job, "full"), trained(stack, lora_job, "LoRA r=8")]
         print("training done", flush=True)
 
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "dataset": {"id": small}, "model_name": f"ad{i:02d}",
                                        "method": {"type": "lora"},
                                        "hyperparameters": {"max_steps": args.adapter_steps, "batch_size": 16,
-                                                           "learning_rate": 1e-3, "seed": i}})
+                                                           "learning_rate": 1e-3, "warmup_steps": 0,
+                                                           "seed": i}})
                         for i in range(ADAPTERS)]
         archive = stack.client.get("/models/full/versions/1/archive", timeout=300)
         if archive.status_code != 200:

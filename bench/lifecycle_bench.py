@@ -446,7 +446,8 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"POST /datasets answered {upload.status_code}: {upload.text}")
         body = {"task": "classification", "base_model": base_model, "dataset": {"id": upload.json()["id"]},
                 "model_name": "lifecycle-bench",
-                "hyperparameters": {"max_steps": args.max_steps, "batch_size": 8, "logging_steps": 1}}
+                "hyperparameters": {"max_steps": args.max_steps, "batch_size": 8, "logging_steps": 1,
+                                    "learning_rate": 5e-5, "warmup_steps": 0}}
         print(f"\n{args.warmup} warm-up + {args.count} measured classification jobs, one at a time to an idle "
               f"worker: {base_model}, {args.rows} rows, max_steps={args.max_steps}, batch 8, logging_steps=1; "
               f"Redis broker, PostgreSQL, default ftserve settings. Times in ms.\n"

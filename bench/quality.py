@@ -638,6 +638,8 @@ def run_defaults(task: str, args: argparse.Namespace) -> Report:
     from training.runner import map_rows_checked
 
     folder, name, fmt, default_rows, held_out = DEFAULTS_DATA[task]
+    if task == "classification":
+        folder = args.classification_data
     task_dir = SHARED_DATA / folder
     rows = args.rows or default_rows
     base, revision, described = defaults_base(task, args)
@@ -729,9 +731,14 @@ def main(argv: list[str] | None = None) -> int:
         "warm-up): QA on the first 900 questions, classification on the first 2,000 rows, summarization and "
         "generation from scratch; --task also takes classification here"))
     parser.add_argument("--variants", default="auto,fixed", help="with --defaults: auto, fixed or both")
+    parser.add_argument("--classification-data", default="classification",
+                        choices=["classification", "classification-multiclass"],
+                        help="with --defaults: SST-2 (binary) or TREC (6 classes) from ../shared/data")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--keep", action="store_true", help=f"keep the work dir ({WORK_DIR})")
     args = parser.parse_args(argv)
+    if args.task == "classification" and not args.defaults:
+        parser.error("--task classification is measured with --defaults only")
     if args.keep:
         keep_workdir()
     transformers.utils.logging.disable_progress_bar()

@@ -1079,7 +1079,7 @@ def run(args: argparse.Namespace) -> int:
                 "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
                 "validation": {"id": val_id}, "model_name": CLASSIFIER,
                 "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16, "seed": 42,
-                                    "learning_rate": args.learning_rate}})
+                                    "learning_rate": args.learning_rate, "warmup_steps": 0}})
             gen_job = None
             if not args.encoders_only:
                 corpus = GENERATION_TXT.read_text(encoding="utf-8")[:6000]
@@ -1188,7 +1188,8 @@ def run_classify_only(args: argparse.Namespace) -> int:
         job = finished(api, submit(api, {
             "task": "classification", "base_model": MINILM_HUB_ID, "dataset": {"id": train_id},
             "model_name": CLASSIFIER, "hyperparameters": {"max_steps": args.train_steps, "batch_size": 16,
-                                                           "seed": 42, "learning_rate": args.learning_rate}}))
+                                                           "seed": 42, "learning_rate": args.learning_rate,
+                                                           "warmup_steps": 0}}))
         api.stop("worker")
         cls_ref = job["model"]["ref"]
         cls_dir = data_dir / "models" / CLASSIFIER / str(job["model"]["version"])

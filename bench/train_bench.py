@@ -228,6 +228,7 @@ def run_ftserve(train_csv: Path, val_csv: Path, revision: str, max_length: int) 
                 "epochs": EPOCHS,
                 "batch_size": BATCH_SIZE,
                 "learning_rate": LEARNING_RATE,
+                "warmup_steps": 0,  # the bare loop (c) has none: the same recipe
                 "seed": SEED,
                 "max_length": max_length,
             },

@@ -14,6 +14,16 @@ _SAFE_ID = re.compile(r"^[a-z0-9_]{1,64}$")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+def _newest_mtime(folder: Path) -> float:
+    """The latest change anywhere under `folder` (a file written into a subfolder does not touch the folder's own
+    mtime)."""
+    newest = folder.stat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
 class ArtifactStore:
     """Local data dir now; the same small interface can later front object storage."""
 
@@ -68,9 +78,14 @@ class ArtifactStore:
             return removed
         cutoff = time.time() - older_than_seconds
         for entry in folder.iterdir():
-            if entry.name.startswith(("imp_", "exp_")) and entry.is_dir() and entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry)
-                removed.append(entry.name)
+            if not entry.name.startswith(("imp_", "exp_")) or not entry.is_dir():
+                continue
+            try:
+                if _newest_mtime(entry) < cutoff:
+                    shutil.rmtree(entry)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue  # its own request removed it meanwhile
         return removed
 
     def model_dir(self, name: str) -> Path:

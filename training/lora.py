@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import UserError, ValidationFailed
+from core.errors import NotReady, UserError, ValidationFailed
 from core.tasks import TASKS
 from training.params_file import read_training_params
 from training.spec import LoraMethod
@@ -249,7 +249,8 @@ def typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 def require_safetensors(adapter_dir: Path) -> None:
     """peft falls back to a pickled `adapter_model.bin` when the safetensors file is missing: never load one."""
     if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
-        raise UserError(f"the adapter folder has no {ADAPTER_WEIGHTS}: only safetensors adapter weights are loaded")
+        raise NotReady(f"the adapter version's files are incomplete: no {ADAPTER_WEIGHTS} (only safetensors adapter "
+                       "weights are loaded)")
 
 
 def load_adapter(auto_class: Any, adapter_dir: Path, *, merge: bool = True, adapter_name: str = "default",

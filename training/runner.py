@@ -254,6 +254,7 @@ def run(
         eval_rows=eval_rows,
         on_event=on_event,
     )
+    auto_chosen: dict[str, Any] | None = None  # what "auto" became here (a later attempt finds the values set)
     if params.unresolved():
         # "auto" values are chosen now that the examples are counted; the job keeps them for later attempts.
         choice = choose_auto(params.model_dump(), n_examples=len(prepared.train),
@@ -261,9 +262,10 @@ def run(
                              gradient_accumulation_steps=params.gradient_accumulation_steps, max_steps=params.max_steps)
         params = type(params).model_validate({**params.model_dump(), **choice.values})
         spec = spec.model_copy(update={"hyperparameters": params.model_dump(mode="json")})
-        on_event("log", choice.message(), {"auto": choice.values, "reasons": choice.reasons})
-        if on_hyperparameters is not None:
+        if on_hyperparameters is not None:  # first: an attempt killed after it never chooses (or says so) twice
             on_hyperparameters(spec.hyperparameters)
+        on_event("log", choice.message(), {"auto": choice.values, "reasons": choice.reasons})
+        auto_chosen = {"values": choice.values, "reasons": choice.reasons}
     total, every, logging_steps = _schedule(len(prepared.train), params)
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     model_type = getattr(prepared.model.config, "model_type", None)
@@ -359,6 +361,7 @@ def run(
         "license": license_["id"],
         "license_source": license_["source"],
         "serving": prepared.serving_params,
+        "auto_hyperparameters": auto_chosen,
         "method": "full" if adapter is None else "lora",
         "adapter": adapter,
         "precision": precision.event(),

@@ -245,7 +245,9 @@ def test_a_lora_run_resumes_from_its_adapter_checkpoint(tmp_path: Path) -> None:
     from training.lora import load_adapter
 
     (result.out_dir / "adapter_model.safetensors").rename(result.out_dir / "adapter_model.bin")
-    with pytest.raises(UserError, match=r"no adapter_model\.safetensors"):
+    from core.errors import NotReady
+
+    with pytest.raises(NotReady, match=r"no adapter_model\.safetensors"):
         load_adapter(AutoModelForSequenceClassification, result.out_dir)
 
 

@@ -17,6 +17,7 @@ def test_defaults_are_filled_in_and_echoed() -> None:
     assert spec.columns == {"text": "text", "label": "label"}
     assert spec.hyperparameters["epochs"] == 1 and spec.hyperparameters["learning_rate"] == "auto"
     assert spec.hyperparameters["batch_size"] == spec.hyperparameters["warmup_steps"] == "auto"
+    assert spec.validation.split_ratio == 0.1
 
 
 def test_auto_values_null_and_range_errors() -> None:
