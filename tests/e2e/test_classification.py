@@ -82,7 +82,8 @@ def train_and_check(stack: Stack, hf_home: Path, data: bytes, *, model_name: str
     return job
 
 
-HP = {"epochs": 3, "learning_rate": 2e-3, "batch_size": 16, "logging_steps": 2, "max_length": 64, "seed": 7}
+HP = {"epochs": 3, "learning_rate": 2e-3, "batch_size": 16, "warmup_steps": 0, "logging_steps": 2, "max_length": 64,
+      "seed": 7}
 
 
 def test_binary_classification_on_postgres_and_redis(pg_stack: Stack, hf_home: Path, shared_data: Path) -> None:

@@ -45,7 +45,8 @@ def test_generation_end_to_end(pg_stack: Stack, shared_data: Path) -> None:
     assert ds["columns"] == ["text"] and ds["num_rows"] > 50
     r = pg_stack.client.post("/jobs", json={
         "task": "generation", "base_model": TINY_GPT2, "dataset": {"id": ds["id"]}, "model_name": "bard",
-        "hyperparameters": {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3, "block_size": 64,
+        "hyperparameters": {"max_steps": 30, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 0,
+                            "block_size": 64,
                             "logging_steps": 2, "eval_steps": 30},
     })
     assert r.status_code == 201, r.text

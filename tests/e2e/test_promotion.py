@@ -12,7 +12,7 @@ import pytest
 from tests.stack import Stack
 from tests.tinymodels import TINY_BERT
 
-HP = {"epochs": 6, "learning_rate": 5e-3, "batch_size": 16, "max_length": 32, "seed": 7}
+HP = {"epochs": 6, "learning_rate": 5e-3, "batch_size": 16, "warmup_steps": 0, "max_length": 32, "seed": 7}
 # A task a tiny randomly initialised BERT learns in a few dozen steps (the sentiment sentences of ../shared/data
 # take it far longer): the word decides the label, the rest is noise words from the same vocabulary.
 WORDS = {"positive": ("good", "great", "wonderful"), "negative": ("bad", "awful", "boring")}

@@ -57,7 +57,8 @@ def test_question_answering_end_to_end(pg_stack: Stack, shared_data: Path) -> No
     assert set(ds["columns"]) >= {"question", "context", "answers"}
     r = pg_stack.client.post("/jobs", json={
         "task": "question-answering", "base_model": TINY_BERT, "dataset": {"id": ds["id"]}, "model_name": "squad",
-        "hyperparameters": {"max_steps": 30, "batch_size": 16, "learning_rate": 2e-3, "max_length": 96,
+        "hyperparameters": {"max_steps": 30, "batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 0,
+                            "max_length": 96,
                             "doc_stride": 32, "max_answer_length": 20, "logging_steps": 2, "eval_steps": 30},
     })
     assert r.status_code == 201, r.text

@@ -13,7 +13,8 @@ from tests.tinymodels import TINY_T5
 
 MODEL = "digest"
 # eval_steps = max_steps: one evaluation with generation at the end keeps the run short.
-HP = {"max_steps": 120, "batch_size": 8, "learning_rate": 1e-2, "max_length": 128, "max_target_length": 24,
+HP = {"max_steps": 120, "batch_size": 8, "learning_rate": 1e-2, "warmup_steps": 0, "max_length": 128,
+      "max_target_length": 24,
       "logging_steps": 2, "eval_steps": 120, "seed": 3}
 
 
