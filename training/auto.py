@@ -5,7 +5,7 @@ its first attempt, once the training set is tokenized: the choice reads the task
 examples (QA windows and LM blocks, not rows), the size of the model and the method (full or LoRA). The worker
 writes the values into the job's `hyperparameters`, so later attempts reuse them, and the event says why.
 
-The rules, and the runs that chose them, are in bench/RESULTS.md ("auto" hyperparameters); `bench/quality.py
+The figures are in bench/RESULTS.md (Quality, "jobs with no hyperparameters"); `bench/quality.py
 --defaults` measures them against the fixed defaults they replaced (3 epochs, lr 5e-5, batch 16, no warm-up).
 """
 
