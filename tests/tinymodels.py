@@ -7,6 +7,7 @@ models, so the real hub code path is exercised without a network.
 from __future__ import annotations
 
 import csv
+import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,16 @@ def build_tiny_t5(shared_data: Path, hf_home: Path) -> Path:
     config = T5Config(vocab_size=len(fast), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
                       num_heads=2, decoder_start_token_id=pad_id, pad_token_id=pad_id, eos_token_id=eos_id)
     return cache_model(hf_home, TINY_T5, fast, lambda: T5ForConditionalGeneration(config))
+
+
+def sentiment_csv(rows: int) -> bytes:
+    """A two-label CSV (`text,label`) of `rows` alternating rows, for runs on `save_tiny_classifier`."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["text", "label"])
+    for i in range(rows):
+        writer.writerow(["a great film" if i % 2 else "a bad movie", "positive" if i % 2 else "negative"])
+    return out.getvalue().encode()
 
 
 def save_tiny_classifier(out: Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +45,15 @@ def test_given_values_are_kept_and_the_warmup_reads_them() -> None:
     assert "warmup_steps 50 (10% of 500 optimizer steps)" in with_max.message()
 
 
-def _csv(rows: int) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["text", "label"])
-    for i in range(rows):
-        writer.writerow(["a great film" if i % 2 else "a bad movie", "positive" if i % 2 else "negative"])
-    return out.getvalue().encode()
-
-
 def test_a_run_resolves_auto_once_reports_why_and_records_the_values(tmp_path: Path) -> None:
-    from tests.tinymodels import save_tiny_classifier
+    from tests.tinymodels import save_tiny_classifier, sentiment_csv
     from training.data import FileSource
     from training.runner import TrainingData, run
     from training.spec import JobRequest, build_spec
 
     base = save_tiny_classifier(tmp_path / "base")
     data = tmp_path / "train.csv"
-    data.write_bytes(_csv(40))
+    data.write_bytes(sentiment_csv(40))
     request = JobRequest.model_validate({"task": "classification", "base_model": "org/m", "dataset": {"id": "d"},
                                          "hyperparameters": {"epochs": 1}})
     spec = build_spec(request, default_model_name="m")

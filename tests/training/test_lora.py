@@ -4,8 +4,6 @@ adapter checkpoint. In process, on tiny models built from configs."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -183,23 +181,14 @@ def test_config_overrides_keep_what_the_task_set() -> None:
 
 # --- a LoRA run that is stopped and resumed from its adapter checkpoint ------------------------------------------
 
-def _csv(rows: int) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["text", "label"])
-    for i in range(rows):
-        writer.writerow(["a great film" if i % 2 else "a bad movie", "positive" if i % 2 else "negative"])
-    return out.getvalue().encode()
-
-
 def test_a_lora_run_resumes_from_its_adapter_checkpoint(tmp_path: Path) -> None:
-    from tests.tinymodels import save_tiny_classifier
+    from tests.tinymodels import save_tiny_classifier, sentiment_csv
     from training.data import FileSource
     from training.runner import Cancelled, TrainingData, run
 
     base = save_tiny_classifier(tmp_path / "base")
     data = tmp_path / "train.csv"
-    data.write_bytes(_csv(40))
+    data.write_bytes(sentiment_csv(40))
     spec = build_spec(request(method={"type": "lora", "r": 4},
                               hyperparameters={"max_steps": 6, "eval_steps": 1, "batch_size": 4, "seed": 3,
                                                "learning_rate": 1e-2, "save_total_limit": 10}),
