@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from core.errors import ValidationFailed
 from core.tasks import TASKS, ByTask, load
+from training.auto import AUTO, AUTO_FIELDS, DEFAULT_BATCH
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MAX_STEPS = 10**9  # step counts far past any real run, small enough for every library's integer types
@@ -139,20 +140,19 @@ class CommonParams(_Strict):
         "overflow in float16 (the T5 family), which train in float32 there. See training/precision.py."))
     bf16: bool | None = Field(default=None, description="Train in bfloat16. Default: on a CUDA GPU that supports it.")
 
-    @field_validator("epochs", "learning_rate", "batch_size", "warmup_steps", mode="before")
+    @field_validator(*AUTO_FIELDS, mode="before")
     @classmethod
     def _null_is_auto(cls, value: Any) -> Any:
-        return "auto" if value is None else value
+        return AUTO if value is None else value
 
     def unresolved(self) -> list[str]:
         """The fields still "auto" (the worker resolves them before training)."""
-        return [name for name in ("epochs", "learning_rate", "batch_size", "warmup_steps")
-                if getattr(self, name) == "auto"]
+        return [name for name in AUTO_FIELDS if getattr(self, name) == AUTO]
 
     @property
     def train_batch_size(self) -> int:
-        """batch_size once resolved; 16 while still "auto" (evaluation of an imported version that says auto)."""
-        return self.batch_size if isinstance(self.batch_size, int) else 16
+        """batch_size once resolved; auto's default while still "auto" (an imported version's params may say so)."""
+        return self.batch_size if isinstance(self.batch_size, int) else DEFAULT_BATCH
 
     @model_validator(mode="after")
     def _one_half_precision(self) -> CommonParams:
