@@ -21,8 +21,16 @@ Memory: a layout holds rows x capacity positions, where the capacity is the long
 product is what admission reserves and bounds by `max_tokens`: requests join only if (rows + them) x the longest
 reservation among all fits, so a short request beside a long one counts as long as the long one (its row is
 padded to it). Rows that leave free their slots but not the buffer, until the next layout. Beyond the bound
-requests wait in arrival order; a full wait queue is a 429. Transiently, while rows join, the prompts' own prefill
+requests wait; a full wait queue is a 429. Transiently, while rows join, the prompts' own prefill
 caches and the old buffer exist beside the new one.
+
+Admission order, shorter first: on a CPU a decoding step of 16 rows costs about twice a step of one, and a prompt's
+prefill about as much per token as a row's step, so a 16-token request that arrives with fifteen longer ones
+spends most of its time on their prefills and rows. Waiting requests are admitted fewest `max_new_tokens` first,
+and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running or waiting when it
+arrived lets that one finish before it is prefilled. A request is passed over for at most 1/4 of its own
+`max_new_tokens` in decoding steps (a 128-token request for 32 steps, a quarter of its own time); after that it goes
+first, in arrival order.
 
 Streamed requests are rows like any other: their text is handed on as each token is decoded.
 """
@@ -55,6 +63,13 @@ PREFILL_TOKENS = 128
 # (~20 ms for a distilgpt2-sized model, as much as ~30 tokens of prefill on 2 cores). Prompts are split into passes
 # of similar lengths when the padding that saves is worth more than this.
 PREFILL_PASS_TOKENS = 32
+# Shorter first: a waiting request that asks for SHORT_FIRST_RATIO times the new tokens of a request running or
+# waiting when it was first considered lets that one finish before it is prefilled (so a 16-token request is not
+# slowed by the prefill and the rows of 64-token and longer ones that arrived with it), and waiting requests are
+# admitted fewest max_new_tokens first. Neither holds a request back for more than 1/SHORT_FIRST_RATIO of its own
+# max_new_tokens in decoding steps: after that it goes first, in arrival order. bench/serve_bench.py and
+# bench/RESULTS.md (2026-12-07): 16-token requests among 16 mixed ones sent at once finished in about half the time.
+SHORT_FIRST_RATIO = 4
 
 
 @dataclass(eq=False)
@@ -79,6 +94,8 @@ class Request:
     sent: int = 0  # characters of the decoded text handed to on_text
     generator: Any = None
     deadline: float | None = None  # monotonic: not admitted by then, it fails with DeadlineExceeded
+    after: list[Request] | None = None  # much shorter requests it lets finish first (see SHORT_FIRST_RATIO)
+    considered: int = -1  # the loop's step count when it was first considered for admission
 
     @property
     def reserved(self) -> int:
@@ -142,6 +159,7 @@ class DecodeLoop:
         self._mask: Any = None
         self._start = self._end = 0  # the window: the columns some row uses, the next token's column
         self._positions: Any = None
+        self._steps = 0  # decoding steps run: how long a waiting request has been passed over
 
     @property
     def waiting(self) -> int:
@@ -243,27 +261,34 @@ class DecodeLoop:
                     self._drop_batch()
 
     def _admissible(self) -> list[Request]:
-        """Waiting requests that fit, in arrival order: the KV buffer of the rows with them (rows x the longest
-        reservation) within `max_tokens`, at most `max_rows` rows, at most `PREFILL_TOKENS` prompt tokens (one
-        alone always fits an idle loop; one long prompt goes alone)."""
+        """Waiting requests that fit: the KV buffer of the rows with them (rows x the longest reservation) within
+        `max_tokens`, at most `max_rows` rows, at most `PREFILL_TOKENS` prompt tokens (one alone always fits an idle
+        loop; one long prompt goes alone). Shorter first (SHORT_FIRST_RATIO): overdue requests in arrival order,
+        then the others by max_new_tokens; a request still letting much shorter ones finish is passed over. The
+        first one that does not fit ends the admission (nothing behind it overtakes it for room)."""
         out: list[Request] = []
         self._purge()  # the given-up and the late leave wherever they wait, not only at the head
-        now = time.monotonic()
+        for request in self._pending:
+            if request.after is None:
+                request.considered = self._steps
+                request.after = [r for r in (*self._rows, *self._pending) if r is not request
+                                 and r.max_new_tokens * SHORT_FIRST_RATIO <= request.max_new_tokens]
+        overdue = [r for r in self._pending
+                   if (self._steps - r.considered) * SHORT_FIRST_RATIO >= r.max_new_tokens]
+        rest = sorted((r for r in self._pending if r not in overdue), key=lambda r: r.max_new_tokens)
         longest = max((r.reserved for r in self._rows), default=0)
         prompts = 0
-        while self._pending:
-            head = self._pending[0]
-            if head.cancel.is_set() or (head.deadline is not None and head.deadline < now):
-                self._pending.popleft()
-                _fail(head.future, CancelledRequest() if head.cancel.is_set() else self._late(head))
-                continue
+        for head in [*overdue, *rest]:
+            if head not in overdue and any(not r.future.done() for r in head.after or []):
+                continue  # much shorter requests are still on
             rows = len(self._rows) + len(out) + 1
             if out and prompts + len(head.prompt) > PREFILL_TOKENS:
                 break
             if (rows * max(longest, head.reserved) > self.max_tokens or rows > self.max_rows) \
                     and (self._rows or out):
                 break
-            self._pending.popleft()
+            self._pending.remove(head)
+            head.after = None  # the rows it let go first are not kept alive by it
             longest = max(longest, head.reserved)
             prompts += len(head.prompt)
             out.append(head)
@@ -429,6 +454,7 @@ class DecodeLoop:
         out = self.model(input_ids=last, attention_mask=mask[:, start:end + 1], position_ids=self._positions[:n],
                          cache=cache, use_cache=True)
         self._end = end + 1
+        self._steps += 1
         self._positions[:n] += 1
         metrics.BATCH_SIZE.labels(model=self.name).observe(n)
         ended = self._advance(rows, out.logits[:, -1])

@@ -122,6 +122,53 @@ def test_a_request_joins_a_running_generation_and_finishes_first(predictor: Gene
     assert long.result()["text"].startswith("".join(chunks)) and len(chunks) >= 150
 
 
+def _first_text_after(request: Request, others: list[Request], record: dict[str, bool]) -> Request:
+    """`request` with an on_text that records, at its first text, whether each of `others` had finished then."""
+    def seen(_: str) -> None:
+        if "first" not in record:
+            record["first"] = True
+            record.update({f"done{i}": other.future.done() for i, other in enumerate(others)})
+
+    request.on_text = seen
+    return request
+
+
+def test_a_much_longer_request_lets_a_shorter_one_that_came_with_it_finish_first(
+        predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    prompt = ids(predictor, "the king spoke to the queen")
+    running, go_on = held(loop, prompt, 40)  # 40 new tokens: not much shorter than the long one (4 x 40 > 64)
+    record: dict[str, bool] = {}
+    short = Request(prompt, 8, min_new_tokens=8)
+    long = _first_text_after(Request(prompt, 64, min_new_tokens=64), [short, running], record)
+    loop.submit(long)
+    loop.submit(short)  # after the long one, and 8 x SHORT_FIRST_RATIO <= 64
+    go_on.set()
+    assert long.future.result(120)["tokens"] == 64 and short.future.result(60)["tokens"] == 8
+    # The long one was prefilled only once the short one had finished, though it came first; the 40-token row
+    # was not waited for.
+    assert record == {"first": True, "done0": True, "done1": False}
+
+
+def test_a_long_request_passed_over_for_its_share_of_steps_goes_before_shorter_ones(
+        predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor, max_rows=1)  # one row at a time: every waiting request queues
+    prompt = ids(predictor, "the king spoke to the queen")
+    running, go_on = held(loop, prompt, 40)
+    record: dict[str, bool] = {}
+    shorts = [Request(prompt, 8, min_new_tokens=8) for _ in range(3)]
+    long = _first_text_after(Request(prompt, 64, min_new_tokens=64), shorts, record)
+    loop.submit(long)
+    for short in shorts:
+        loop.submit(short)
+    go_on.set()
+    assert all(r.future.result(120)["tokens"] == n
+               for r, n in [(running, 40), (long, 64), *((s, 8) for s in shorts)])
+    # The 40 steps of the running row passed it over for more than 64 / SHORT_FIRST_RATIO steps: when the row
+    # left, the long request was overdue and took the slot before the shorter ones waiting with it.
+    assert record == {"first": True, "done0": False, "done1": False, "done2": False}
+
+
 def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: GenerationPredictor) -> None:
     first_ids = ids(predictor, "the king")
     budget = len(first_ids) + 150
