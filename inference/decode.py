@@ -24,13 +24,14 @@ padded to it). Rows that leave free their slots but not the buffer, until the ne
 requests wait; a full wait queue is a 429. Transiently, while rows join, the prompts' own prefill
 caches and the old buffer exist beside the new one.
 
-Admission order, shorter first: on a CPU a decoding step of 16 rows costs about twice a step of one, and a prompt's
-prefill about as much per token as a row's step, so a 16-token request that arrives with fifteen longer ones
-spends most of its time on their prefills and rows. Waiting requests are admitted fewest `max_new_tokens` first,
-and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running or waiting when it
-arrived lets that one finish before it is prefilled. A request is passed over for at most 1/4 of its own
-`max_new_tokens` in decoding steps (a 128-token request for 32 steps, a quarter of its own time); after that it goes
-first, in arrival order.
+Admission order, shorter first: on a CPU a decoding step of 16 rows costs two to three times a step of one, and a
+prompt's prefill about as much per token as a row's step, so a 16-token request that arrives with fifteen longer
+ones spends most of its time on their prefills and rows. Waiting requests are admitted fewest `max_new_tokens`
+first, and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running or waiting
+when the loop first considered it (its first turn after it arrived) lets that one finish before it is prefilled.
+That holds a request back for at most 1/4 of its own `max_new_tokens` in loop turns (a turn is one admission and at
+most one decoding step: a 128-token request for 32 turns, about a quarter of its own time); after that it is
+overdue, and overdue requests go first, in arrival order (they may still wait for room, as any request does).
 
 Streamed requests are rows like any other: their text is handed on as each token is decoded.
 """
@@ -63,12 +64,10 @@ PREFILL_TOKENS = 128
 # (~20 ms for a distilgpt2-sized model, as much as ~30 tokens of prefill on 2 cores). Prompts are split into passes
 # of similar lengths when the padding that saves is worth more than this.
 PREFILL_PASS_TOKENS = 32
-# Shorter first: a waiting request that asks for SHORT_FIRST_RATIO times the new tokens of a request running or
-# waiting when it was first considered lets that one finish before it is prefilled (so a 16-token request is not
-# slowed by the prefill and the rows of 64-token and longer ones that arrived with it), and waiting requests are
-# admitted fewest max_new_tokens first. Neither holds a request back for more than 1/SHORT_FIRST_RATIO of its own
-# max_new_tokens in decoding steps: after that it goes first, in arrival order. bench/serve_bench.py and
-# bench/RESULTS.md (2026-12-07): 16-token requests among 16 mixed ones sent at once finished in about half the time.
+# Shorter first (see the module's docstring): a waiting request lets requests with 1/SHORT_FIRST_RATIO of its
+# max_new_tokens or fewer finish before its prefill, for at most 1/SHORT_FIRST_RATIO of its max_new_tokens in turns.
+# bench/serve_bench.py --generate-only (bench/RESULTS.md, 2026-12-07): 16-token requests among 16 mixed ones sent at
+# once finished in 2.6x their idle time instead of 4.2-5.3x.
 SHORT_FIRST_RATIO = 4
 
 
@@ -95,7 +94,7 @@ class Request:
     generator: Any = None
     deadline: float | None = None  # monotonic: not admitted by then, it fails with DeadlineExceeded
     after: list[Request] | None = None  # much shorter requests it lets finish first (see SHORT_FIRST_RATIO)
-    considered: int = -1  # the loop's step count when it was first considered for admission
+    considered: int = -1  # the loop's turn when it was first considered for admission
 
     @property
     def reserved(self) -> int:
@@ -159,7 +158,7 @@ class DecodeLoop:
         self._mask: Any = None
         self._start = self._end = 0  # the window: the columns some row uses, the next token's column
         self._positions: Any = None
-        self._steps = 0  # decoding steps run: how long a waiting request has been passed over
+        self._turns = 0  # admission rounds (each followed by at most one decoding step): how long a request waited
 
     @property
     def waiting(self) -> int:
@@ -268,18 +267,23 @@ class DecodeLoop:
         first one that does not fit ends the admission (nothing behind it overtakes it for room)."""
         out: list[Request] = []
         self._purge()  # the given-up and the late leave wherever they wait, not only at the head
+        self._turns += 1
+        overdue: list[Request] = []
+        rest: list[Request] = []
         for request in self._pending:
-            if request.after is None:
-                request.considered = self._steps
+            if request.after is None:  # first considered: the much shorter requests on now go first
+                request.considered = self._turns
                 request.after = [r for r in (*self._rows, *self._pending) if r is not request
                                  and r.max_new_tokens * SHORT_FIRST_RATIO <= request.max_new_tokens]
-        overdue = [r for r in self._pending
-                   if (self._steps - r.considered) * SHORT_FIRST_RATIO >= r.max_new_tokens]
-        rest = sorted((r for r in self._pending if r not in overdue), key=lambda r: r.max_new_tokens)
+            elif request.after:  # those that finished (or failed, or were given up) no longer hold it back
+                request.after = [r for r in request.after if not r.future.done()]
+            late = (self._turns - request.considered) * SHORT_FIRST_RATIO >= request.max_new_tokens
+            (overdue if late else rest).append(request)
+        rest.sort(key=lambda r: r.max_new_tokens)  # stable: arrival order among equals
         longest = max((r.reserved for r in self._rows), default=0)
         prompts = 0
-        for head in [*overdue, *rest]:
-            if head not in overdue and any(not r.future.done() for r in head.after or []):
+        for index, head in enumerate([*overdue, *rest]):
+            if index >= len(overdue) and head.after and any(not r.future.done() for r in head.after):
                 continue  # much shorter requests are still on
             rows = len(self._rows) + len(out) + 1
             if out and prompts + len(head.prompt) > PREFILL_TOKENS:
@@ -454,7 +458,6 @@ class DecodeLoop:
         out = self.model(input_ids=last, attention_mask=mask[:, start:end + 1], position_ids=self._positions[:n],
                          cache=cache, use_cache=True)
         self._end = end + 1
-        self._steps += 1
         self._positions[:n] += 1
         metrics.BATCH_SIZE.labels(model=self.name).observe(n)
         ended = self._advance(rows, out.logits[:, -1])

@@ -150,7 +150,23 @@ def test_a_much_longer_request_lets_a_shorter_one_that_came_with_it_finish_first
     assert record == {"first": True, "done0": True, "done1": False}
 
 
-def test_a_long_request_passed_over_for_its_share_of_steps_goes_before_shorter_ones(
+def test_a_shorter_request_that_came_later_takes_a_free_slot_first(predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor, max_rows=1)  # one row at a time: every waiting request queues
+    prompt = ids(predictor, "the king spoke to the queen")
+    running, go_on = held(loop, prompt, 4)
+    record: dict[str, bool] = {}
+    short = Request(prompt, 9, min_new_tokens=9)  # 9 x SHORT_FIRST_RATIO > 32: it does not hold the long one back
+    longer = _first_text_after(Request(prompt, 32, min_new_tokens=32), [short], record)
+    loop.submit(longer)
+    loop.submit(short)
+    go_on.set()
+    assert all(r.future.result(120)["tokens"] == n for r, n in [(running, 4), (longer, 32), (short, 9)])
+    # The slot freed after a few turns, before the 32-token request had waited 32 / SHORT_FIRST_RATIO of them:
+    # the 9-token one, though it came second, went first.
+    assert record == {"first": True, "done0": True}
+
+
+def test_a_long_request_passed_over_for_its_share_of_turns_goes_before_shorter_ones(
         predictor: GenerationPredictor) -> None:
     loop = make_loop(predictor, max_rows=1)  # one row at a time: every waiting request queues
     prompt = ids(predictor, "the king spoke to the queen")
@@ -164,7 +180,7 @@ def test_a_long_request_passed_over_for_its_share_of_steps_goes_before_shorter_o
     go_on.set()
     assert all(r.future.result(120)["tokens"] == n
                for r, n in [(running, 40), (long, 64), *((s, 8) for s in shorts)])
-    # The 40 steps of the running row passed it over for more than 64 / SHORT_FIRST_RATIO steps: when the row
+    # The 40 turns of the running row passed it over for more than 64 / SHORT_FIRST_RATIO turns: when the row
     # left, the long request was overdue and took the slot before the shorter ones waiting with it.
     assert record == {"first": True, "done0": False, "done1": False, "done2": False}
 
