@@ -62,17 +62,29 @@ class ContinuousGeneration:
     def __init__(self, cache: ModelCache, settings: Settings) -> None:
         self.cache, self.settings = cache, settings
 
-    async def _pinned(self, ref: str, task: str, path: str, timeout: float) -> Any:
-        return await anyio.to_thread.run_sync(lambda: self.cache.acquire(ref, task=task, path=path, timeout=timeout))
+    async def _prepared(self, ref: str, task: str, path: str, prompts: list[str], params: dict[str, Any], *,
+                        timeout: float, deadline: float, on_text: Callable[[str], None] | None = None
+                        ) -> tuple[Any, list[Request]]:
+        """The predictor, pinned, and the prompts tokenized as its requests, in one worker-thread hop: under load
+        every hop between the event loop and a thread waits for a CPU that the decode loop's threads hold (this
+        one used to be two, loading then tokenizing)."""
+        def prepare() -> tuple[Any, list[Request]]:
+            predictor = self.cache.acquire(ref, task=task, path=path, timeout=timeout)
+            try:
+                return predictor, _requests(predictor, prompts, params, deadline=deadline, on_text=on_text)
+            except BaseException:
+                self.cache.release(ref)
+                raise
+
+        return await anyio.to_thread.run_sync(prepare)
 
     async def generate(self, ref: str, task: str, path: str, prompts: list[str], *, timeout: float,
                        is_disconnected: Callable[[], Awaitable[bool]] | None, **params: Any) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout  # one deadline for loading, waiting and generating
-        predictor = await self._pinned(ref, task, path, timeout)
+        predictor, requests = await self._prepared(ref, task, path, prompts, params, timeout=timeout,
+                                                   deadline=deadline)
         try:
             loop = decode_loop(predictor, ref, self.settings)
-            requests = await anyio.to_thread.run_sync(
-                lambda: _requests(predictor, prompts, params, deadline=deadline))
             futures: list[Future[dict[str, Any]]] = []
             try:
                 for request in requests:
@@ -90,11 +102,10 @@ class ContinuousGeneration:
         """Queued (or refused: 422 past the context, 429 when the queue is full) before this returns. A stream not
         admitted to the batch within `timeout` ends with a `timeout` error event."""
         deadline = time.monotonic() + timeout
-        predictor = await self._pinned(ref, task, path, timeout)
+        sink = TokenSink(asyncio.get_running_loop())
+        predictor, (request,) = await self._prepared(ref, task, path, [prompt], params, timeout=timeout,
+                                                     deadline=deadline, on_text=sink.text)
         try:
-            sink = TokenSink(asyncio.get_running_loop())
-            (request,) = await anyio.to_thread.run_sync(
-                lambda: _requests(predictor, [prompt], params, deadline=deadline, on_text=sink.text))
             request.cancel = sink.cancel
             future = decode_loop(predictor, ref, self.settings).submit(request)
         except BaseException:
