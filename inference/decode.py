@@ -3,7 +3,9 @@
 A request is prefilled (its prompt's forward pass gives its first token and its KV cache) and joins the running
 batch at the next step. Requests admitted together are prefilled in a few left-padded forward passes of prompts of
 similar length (so a 4-token prompt is not padded to 64), at most `PREFILL_TOKENS` prompt tokens between two
-decoding steps, so that a burst of new prompts does not stall the running rows for long.
+decoding steps, so that a burst of new prompts does not stall the running rows for long; requests that arrive
+while those passes run are prefilled right after them (at most `PREFILL_TOKENS` more), so that a new request's
+first token waits for the prefill in flight but not for the decoding step after it too.
 
 The batch's KV cache is one preallocated buffer per layer, [slots, heads, capacity, dim]: rows are left-padded so
 that every row's next token goes in the same column, with an attention mask and positions counted per row from
@@ -29,8 +31,9 @@ prompt's prefill about as much per token as a row's step, so a 16-token request 
 ones spends most of its time on their prefills and rows. Waiting requests are admitted fewest `max_new_tokens`
 first, and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running or waiting
 when the loop first considered it (its first turn after it arrived) lets that one finish before it is prefilled.
-That holds a request back for at most 1/4 of its own `max_new_tokens` in loop turns (a turn is one admission and at
-most one decoding step: a 128-token request for 32 turns, about a quarter of its own time); after that it is
+That holds a request back for at most 1/4 of its own `max_new_tokens` in loop turns (a turn is one admission, with
+the requests that arrive during its prefill, and at most one decoding step: a 128-token request for 32 turns, about
+a quarter of its own time); after that it is
 overdue, and overdue requests go first, in arrival order (they may still wait for room, as any request does).
 
 Streamed requests are rows like any other: their text is handed on as each token is decoded.
@@ -55,10 +58,11 @@ from inference import metrics
 log = logging.getLogger("ftserve.inference")
 IDLE_SECONDS = 30.0  # an idle loop's thread ends; the next request starts a new one
 PREFILL_BATCH = 16  # prompts in one prefill forward pass, at most
-# Prompt tokens prefilled between two decoding steps, at most (one prompt longer than that goes alone): a burst of
-# new requests holds the running rows for one such slice at a time, not for all of its prompts, and a new request
-# waits for at most the slices of those ahead of it. bench/serve_bench.py --generate-only, 16 mixed clients on
-# 2 CPU cores (2026-12-07): first token under load 5.1x idle at 512, 3.4x at 128 and at 64; tokens/s unchanged.
+# Prompt tokens prefilled between two decoding steps, at most (one prompt longer than that goes alone; requests that
+# arrive during that prefill get as many more): a burst of new requests holds the running rows for one such slice
+# at a time, not for all of its prompts, and a new request waits for at most the slices of those ahead of it.
+# bench/serve_bench.py --generate-only, 16 mixed clients on 2 CPU cores (2026-12-07): first token under load 5.1x
+# idle at 512, 3.4x at 128 and at 64; tokens/s unchanged.
 PREFILL_TOKENS = 128
 # What one more prefill forward pass costs, counted in prompt tokens: on CPU a pass reads every weight once
 # (~20 ms for a distilgpt2-sized model, as much as ~30 tokens of prefill on 2 cores). Prompts are split into passes
@@ -259,15 +263,21 @@ class DecodeLoop:
                         self._end_row(request, error=exc)
                     self._drop_batch()
 
-    def _admissible(self) -> list[Request]:
+    def _admissible(self, joining: list[Request] | None = None) -> list[Request]:
         """Waiting requests that fit: the KV buffer of the rows with them (rows x the longest reservation) within
         `max_tokens`, at most `max_rows` rows, at most `PREFILL_TOKENS` prompt tokens (one alone always fits an idle
         loop; one long prompt goes alone). Shorter first (SHORT_FIRST_RATIO): overdue requests in arrival order,
         then the others by max_new_tokens; a request still letting much shorter ones finish is passed over. The
-        first one that does not fit ends the admission (nothing behind it overtakes it for room)."""
+        first one that does not fit ends the admission (nothing behind it overtakes it for room). With `joining`
+        (the rows prefilled in this turn, not yet in the batch), only requests never considered before (those
+        that arrived during that prefill) are, with the room those rows take."""
         out: list[Request] = []
         self._purge()  # the given-up and the late leave wherever they wait, not only at the head
-        self._turns += 1
+        arrived = joining is not None
+        joining = joining or []
+        if not arrived:
+            self._turns += 1
+        fresh = {id(r) for r in self._pending if r.after is None}
         overdue: list[Request] = []
         rest: list[Request] = []
         for request in self._pending:
@@ -278,18 +288,19 @@ class DecodeLoop:
             elif request.after:  # those that finished (or failed, or were given up) no longer hold it back
                 request.after = [r for r in request.after if not r.future.done()]
             late = (self._turns - request.considered) * SHORT_FIRST_RATIO >= request.max_new_tokens
-            (overdue if late else rest).append(request)
+            if not arrived or id(request) in fresh:
+                (overdue if late else rest).append(request)
         rest.sort(key=lambda r: r.max_new_tokens)  # stable: arrival order among equals
-        longest = max((r.reserved for r in self._rows), default=0)
+        longest = max((r.reserved for r in (*self._rows, *joining)), default=0)
         prompts = 0
         for index, head in enumerate([*overdue, *rest]):
             if index >= len(overdue) and head.after and any(not r.future.done() for r in head.after):
                 continue  # much shorter requests are still on
-            rows = len(self._rows) + len(out) + 1
+            rows = len(self._rows) + len(joining) + len(out) + 1
             if out and prompts + len(head.prompt) > PREFILL_TOKENS:
                 break
             if (rows * max(longest, head.reserved) > self.max_tokens or rows > self.max_rows) \
-                    and (self._rows or out):
+                    and (self._rows or joining or out):
                 break
             self._pending.remove(head)
             head.after = None  # the rows it let go first are not kept alive by it
@@ -297,7 +308,7 @@ class DecodeLoop:
             prompts += len(head.prompt)
             out.append(head)
         if out:
-            self._account((len(self._rows) + len(out)) * longest)  # the buffer they will share
+            self._account((len(self._rows) + len(joining) + len(out)) * longest)  # the buffer they will share
         return out
 
     def _account(self, positions: int) -> None:
@@ -310,19 +321,15 @@ class DecodeLoop:
     # -- prefill --------------------------------------------------------------------------------------------------
     def _prefill(self, requests: list[Request]) -> None:
         """The prompts' forward passes (grouped by length), giving each its first token and its cache; the rows
-        that go on join the batch. A pass that fails fails its own prompts only."""
+        that go on join the batch. Requests that arrived while these passes ran are prefilled right after them
+        (once per turn, at most PREFILL_TOKENS more): a new request's first token waits for the prefill in flight,
+        not for the layout and the decoding step after it as well. A pass that fails fails its own prompts only."""
         parts: list[_Part] = []
         ended: dict[Request, Ending] = {}
-        for group in _passes(requests):
-            try:
-                part = self._prefill_pass(group, ended)
-            except Exception as exc:
-                log.exception("prefill of %d prompts for %s failed", len(group), self.name)
-                metrics.BATCH_FAILURES.labels(model=self.name).inc()
-                ended.update((request, exc) for request in group)
-                continue
-            if part is not None:
-                parts.append(part)
+        self._prefill_passes(requests, parts, ended)
+        with self._cond:
+            arrived = self._admissible([r for part in parts for r in part.rows]) if self._pending else []
+        self._prefill_passes(arrived, parts, ended)
         if parts:
             try:
                 current = self._current()
@@ -333,6 +340,18 @@ class DecodeLoop:
                 ended.update((request, exc) for part in parts for request in part.rows)
         self._account(self.kv_positions)
         self._end_rows(ended)  # after the accounting: a caller that has its result sees its tokens released
+
+    def _prefill_passes(self, requests: list[Request], parts: list[_Part], ended: dict[Request, Ending]) -> None:
+        for group in _passes(requests):
+            try:
+                part = self._prefill_pass(group, ended)
+            except Exception as exc:
+                log.exception("prefill of %d prompts for %s failed", len(group), self.name)
+                metrics.BATCH_FAILURES.labels(model=self.name).inc()
+                ended.update((request, exc) for request in group)
+                continue
+            if part is not None:
+                parts.append(part)
 
     def _prefill_pass(self, requests: list[Request], ended: dict[Request, Ending]) -> _Part | None:
         """One forward pass over these prompts, left-padded; the rows that go on as a part, those that ended

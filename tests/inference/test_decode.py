@@ -185,6 +185,23 @@ def test_a_long_request_passed_over_for_its_share_of_turns_goes_before_shorter_o
     assert record == {"first": True, "done0": False, "done1": False, "done2": False}
 
 
+def test_a_request_that_arrives_during_a_prefill_is_prefilled_before_the_next_step(
+        predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    prompt = ids(predictor, "the king spoke to the queen")
+    running, go_on = held(loop, prompt, 20)
+    assert len(running.new) == 1  # held at its first token: inside its prefill, before any decoding step
+    gaps: list[int] = []
+    arriving = Request(prompt, 8, min_new_tokens=8)
+    arriving.on_text = lambda _: gaps.append(len(running.new) - len(arriving.new))
+    loop.submit(arriving)
+    go_on.set()
+    assert arriving.future.result(60)["tokens"] == 8 and running.future.result(60)["tokens"] == 20
+    # Prefilled right after the prefill it arrived during, the new row is level with the running one at every
+    # token (it would be one behind had it waited for the step after that prefill).
+    assert gaps and set(gaps) == {0}
+
+
 def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: GenerationPredictor) -> None:
     first_ids = ids(predictor, "the king")
     budget = len(first_ids) + 150
