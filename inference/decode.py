@@ -29,12 +29,12 @@ caches and the old buffer exist beside the new one.
 Admission order, shorter first: on a CPU a decoding step of 16 rows costs two to three times a step of one, and a
 prompt's prefill about as much per token as a row's step, so a 16-token request that arrives with fifteen longer
 ones spends most of its time on their prefills and rows. Waiting requests are admitted fewest `max_new_tokens`
-first, and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running or waiting
-when the loop first considered it (its first turn after it arrived) lets that one finish before it is prefilled.
-That holds a request back for at most 1/4 of its own `max_new_tokens` in loop turns (a turn is one admission, with
-the requests that arrive during its prefill, and at most one decoding step: a 128-token request for 32 turns, about
-a quarter of its own time); after that it is
-overdue, and overdue requests go first, in arrival order (they may still wait for room, as any request does).
+first, and one that asks for `SHORT_FIRST_RATIO` (4) times the new tokens of a request that was running, being
+prefilled or waiting when the loop first considered it (in the turn it arrived in, or the next) lets that one finish
+before it is prefilled. That holds a request back for at most 1/4 of its own `max_new_tokens` in loop turns (a turn
+is one admission, with the requests that arrive during its prefill, and at most one decoding step: a 128-token
+request for 32 turns, about a quarter of its own time); after that it is overdue, and overdue requests go first, in
+arrival order (they may still wait for room, as any request does).
 
 Streamed requests are rows like any other: their text is handed on as each token is decoded.
 """
@@ -269,8 +269,9 @@ class DecodeLoop:
         loop; one long prompt goes alone). Shorter first (SHORT_FIRST_RATIO): overdue requests in arrival order,
         then the others by max_new_tokens; a request still letting much shorter ones finish is passed over. The
         first one that does not fit ends the admission (nothing behind it overtakes it for room). With `joining`
-        (the rows prefilled in this turn, not yet in the batch), only requests never considered before (those
-        that arrived during that prefill) are, with the room those rows take."""
+        (the rows prefilled in this turn, not yet in the batch): the requests that arrived during that prefill,
+        counting the room those rows take; an older request that could go first ends it (arrivals do not overtake
+        it), and a prompt over the PREFILL_TOKENS budget waits for a turn of its own."""
         out: list[Request] = []
         self._purge()  # the given-up and the late leave wherever they wait, not only at the head
         arrived = joining is not None
@@ -283,21 +284,22 @@ class DecodeLoop:
         for request in self._pending:
             if request.after is None:  # first considered: the much shorter requests on now go first
                 request.considered = self._turns
-                request.after = [r for r in (*self._rows, *self._pending) if r is not request
+                request.after = [r for r in (*self._rows, *joining, *self._pending) if r is not request
                                  and r.max_new_tokens * SHORT_FIRST_RATIO <= request.max_new_tokens]
             elif request.after:  # those that finished (or failed, or were given up) no longer hold it back
                 request.after = [r for r in request.after if not r.future.done()]
             late = (self._turns - request.considered) * SHORT_FIRST_RATIO >= request.max_new_tokens
-            if not arrived or id(request) in fresh:
-                (overdue if late else rest).append(request)
+            (overdue if late else rest).append(request)
         rest.sort(key=lambda r: r.max_new_tokens)  # stable: arrival order among equals
         longest = max((r.reserved for r in (*self._rows, *joining)), default=0)
         prompts = 0
         for index, head in enumerate([*overdue, *rest]):
             if index >= len(overdue) and head.after and any(not r.future.done() for r in head.after):
                 continue  # much shorter requests are still on
+            if arrived and id(head) not in fresh:
+                break  # an older request goes first: the next turn's
             rows = len(self._rows) + len(joining) + len(out) + 1
-            if out and prompts + len(head.prompt) > PREFILL_TOKENS:
+            if (out or arrived) and prompts + len(head.prompt) > PREFILL_TOKENS:
                 break
             if (rows * max(longest, head.reserved) > self.max_tokens or rows > self.max_rows) \
                     and (self._rows or joining or out):

@@ -202,6 +202,20 @@ def test_a_request_that_arrives_during_a_prefill_is_prefilled_before_the_next_st
     assert gaps and set(gaps) == {0}
 
 
+def test_a_much_longer_request_arriving_during_a_prefill_lets_that_row_finish_first(
+        predictor: GenerationPredictor) -> None:
+    loop = make_loop(predictor)
+    prompt = ids(predictor, "the king spoke to the queen")
+    running, go_on = held(loop, prompt, 16)
+    assert len(running.new) == 1  # held inside its prefill
+    record: dict[str, bool] = {}
+    longer = _first_text_after(Request(prompt, 64, min_new_tokens=64), [running], record)
+    loop.submit(longer)  # 16 x SHORT_FIRST_RATIO <= 64
+    go_on.set()
+    assert longer.future.result(120)["tokens"] == 64 and running.future.result(60)["tokens"] == 16
+    assert record == {"first": True, "done0": True}
+
+
 def test_a_cancelled_row_frees_its_budget_for_a_waiting_request(predictor: GenerationPredictor) -> None:
     first_ids = ids(predictor, "the king")
     budget = len(first_ids) + 150
