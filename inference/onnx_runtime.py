@@ -286,10 +286,10 @@ def quantize(fp32: Path, out: Path) -> None:
     output column keeps the small columns that one scale per matrix rounds away, which is where torch's
     per-tensor int8 loses its accuracy. Only the MatMul/Gemm with constant weights: the embeddings (Gather) stay
     fp32, as they cost no compute worth saving. Weights use 7 of the 8 bits (reduce_range): on x86 CPUs without
-    VNNI (AVX2 only, e.g. AMD Zen 2/3) ONNX Runtime's u8 x s8 kernel adds pairs of 8-bit products in 16 bits, which
+    VNNI (e.g. AMD Zen 2/3, Intel Skylake) ONNX Runtime's u8 x s8 kernel adds pairs of 8-bit products in 16 bits, which
     saturate with full-range weights (a tiny test encoder's scores moved by 0.025 there, against under 0.02 on a
     VNNI CPU); with 7-bit weights they cannot. The bench's MiniLM loses the same -0.11 points either way
-    (bench/RESULTS.md, int8 recipes tried), and the kernels run at the same speed."""
+    (bench/RESULTS.md, int8 recipes tried); the kernels are the same (only the weights' values change)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
