@@ -278,10 +278,12 @@ class DecodeLoop:
         joining = joining or []
         if not arrived:
             self._turns += 1
-        fresh = {id(r) for r in self._pending if r.after is None}
+        fresh = {r for r in self._pending if r.after is None}  # by identity (Request has eq=False)
         overdue: list[Request] = []
         rest: list[Request] = []
         for request in self._pending:
+            # `after` ends up holding only requests still on (a new list: rows and waiting requests, none
+            # finished), so an empty list means nothing holds it back.
             if request.after is None:  # first considered: the much shorter requests on now go first
                 request.considered = self._turns
                 request.after = [r for r in (*self._rows, *joining, *self._pending) if r is not request
@@ -294,9 +296,9 @@ class DecodeLoop:
         longest = max((r.reserved for r in (*self._rows, *joining)), default=0)
         prompts = 0
         for index, head in enumerate([*overdue, *rest]):
-            if index >= len(overdue) and head.after and any(not r.future.done() for r in head.after):
+            if index >= len(overdue) and head.after:
                 continue  # much shorter requests are still on
-            if arrived and id(head) not in fresh:
+            if arrived and head not in fresh:
                 break  # an older request goes first: the next turn's
             rows = len(self._rows) + len(joining) + len(out) + 1
             if (out or arrived) and prompts + len(head.prompt) > PREFILL_TOKENS:
