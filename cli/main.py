@@ -151,8 +151,7 @@ def _server(run: Callable[[], int]) -> None:
     from core.logging import setup_logging
     from core.settings import get_settings
 
-    setup_logging()
-    get_settings()
+    setup_logging(get_settings().log_level)
     raise typer.Exit(int(run()))
 
 

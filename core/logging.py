@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 
-def setup_logging(level: str | None = None) -> None:
+def setup_logging(level: str = "INFO") -> None:
+    """`level`: the process's `Settings.log_level` (FTSERVE_LOG_LEVEL)."""
     logging.basicConfig(
-        level=(level or os.environ.get("FTSERVE_LOG_LEVEL", "INFO")).upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         default="", description="Fault injection for tests: 'point=action@model_name,…'; empty = inert."
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Logging level of the API, the worker and its training processes.")
 
     hub_timeout_seconds: float = 10.0
     hf_offline: bool = Field(default=False, description="Never contact the Hugging Face hub.")
@@ -129,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value  # "debug" as well as "DEBUG"
 
     @field_validator("hf_endpoint")
     @classmethod
@@ -201,6 +208,15 @@ def hub_reachable(*, timeout: float) -> bool:
         return False
 
 
+# Set by configure_environment when the start-up probe found no route to the hub, for the processes it starts.
+HUB_UNREACHABLE_ENV = "FTSERVE_HUB_UNREACHABLE"
+
+
+def hub_found_unreachable() -> bool:
+    """The start-up probe of this process or of the one that started it found no route to the hub."""
+    return bool(os.environ.get(HUB_UNREACHABLE_ENV))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
@@ -224,7 +240,7 @@ def configure_environment(settings: Settings | None = None) -> Settings:
             "the Hugging Face hub is not reachable: using the local cache only (HF_HUB_OFFLINE=1)"
         )
         os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["FTSERVE_HUB_UNREACHABLE"] = "1"
+        os.environ[HUB_UNREACHABLE_ENV] = "1"
     # A hub that cannot be reached must fail fast, not hang for the library's default timeouts.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(settings.hub_timeout_seconds)))
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(settings.hub_timeout_seconds)))

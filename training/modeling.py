@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from core.errors import UserError, scrub_paths
+from core.settings import hub_found_unreachable
 
 
 def _unloadable(source: str, exc: Exception) -> UserError:
@@ -14,7 +15,7 @@ def _unloadable(source: str, exc: Exception) -> UserError:
     if os.path.isabs(source):  # a registered version's folder
         return UserError(f"could not load the registered base model's files: {detail}")
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
-    if os.environ.get("FTSERVE_HUB_UNREACHABLE"):
+    if hub_found_unreachable():
         reach = "the hub could not be reached from this machine"
     elif offline:
         reach = "the hub is disabled (offline mode, HF_HUB_OFFLINE=1)"

@@ -508,7 +508,7 @@ def _follow_offline_setting() -> None:
 
 def main(argv: list[str]) -> int:
     die_with_parent(int(argv[2]))
-    setup_logging()
+    setup_logging(get_settings().log_level)
     settings = configure_environment(get_settings())
     _follow_offline_setting()
     size_torch_threads(settings.torch_threads)
