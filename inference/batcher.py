@@ -10,6 +10,11 @@ so a short request batched with long ones need not wait for them). The wait is `
 but lets concurrent callers join it. While a batch
 runs, new requests queue up, so batches grow with load. A failed batch fails only its own requests; a full
 queue is a 429 and a request past its deadline a 504.
+
+With `lanes` > 1, up to that many batches run at once (on an executor with as many threads): for a model that
+computes each call on one thread (ONNX Runtime with one intra-op thread), so that two batches on two cores beat
+one batch on two threads, which idle while a single-threaded op runs. A batch forms when a lane is free, from what
+queued while every lane was busy.
 """
 
 from __future__ import annotations
@@ -48,8 +53,11 @@ class Batcher:
                  cost: Callable[[list[Any]], int] | None = None, max_cost: int = 0,
                  wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None,
                  also_queued: Callable[[], int] | None = None,
-                 split: Callable[[list[Any]], list[list[int]]] | None = None) -> None:
+                 split: Callable[[list[Any]], list[list[int]]] | None = None, lanes: int = 1) -> None:
         self.fn = fn
+        self.lanes = max(1, lanes)
+        self._free_lanes = asyncio.Semaphore(self.lanes)
+        self._running: set[asyncio.Task[None]] = set()  # batches in flight on lanes beyond the loop's own
         # How a batch runs: groups of indices into its items, one call of `fn` each, in order (e.g. inputs of
         # similar length together, shortest first); a request is answered once its own items have run.
         self.split = split
@@ -84,7 +92,7 @@ class Batcher:
             batches_ahead = max(1, self._queued_items // self.max_batch_size)
             raise RateLimited(
                 f"model {self.model} has {queued} inputs queued (limit {self.max_queue}); retry later",
-                retry_after=max(1.0, batches_ahead * self._busy_seconds),
+                retry_after=max(1.0, batches_ahead * self._busy_seconds / self.lanes),
             )
         loop = asyncio.get_running_loop()
         request = _Request(items, loop.create_future(), time.monotonic() + timeout, is_disconnected)
@@ -156,38 +164,67 @@ class Batcher:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self.idle_seconds)
                 except TimeoutError:
-                    if not self._queue:
+                    if not self._queue and not self._running:
                         if self.on_idle is not None:
                             self.on_idle()  # e.g. forget this batcher: one per seed would pile up otherwise
                         return  # the next submit starts a new loop
                 continue
-            first = self._queue[0].enqueued
-            while self._queued_items < self.max_batch_size:
-                remaining = first + self.wait - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-            batch = await self._live(self._take())
+            await self._free_lanes.acquire()
+            try:
+                batch = await self._form()
+            except BaseException:
+                self._free_lanes.release()
+                raise
             if not batch:
+                self._free_lanes.release()
                 continue
-            items = [item for request in batch for item in request.items]
-            owners = [request for request in batch for _ in request.items]
-            left = {id(request): len(request.items) for request in batch}  # items of each request not yet run
-            results: list[Any] = [None] * len(items)
-            t0 = time.perf_counter()
-            for group in self.split(items) if self.split is not None else [list(range(len(items)))]:
-                group = [i for i in group if not owners[i].future.done()]  # e.g. its deadline passed meanwhile
-                if group:
-                    await self._run_group(group, items, owners, left, results)
-            for request in batch:
-                if not request.future.done():  # a split that left an input out: a bug, never a hang
-                    request.future.set_exception(RuntimeError(f"the batch split of {self.model} skipped inputs"))
-            elapsed = time.perf_counter() - t0
-            self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
+            if self.lanes == 1:
+                try:
+                    await self._run_batch(batch)
+                finally:
+                    self._free_lanes.release()
+            else:
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"batch-{self.model}")
+                self._running.add(task)
+                task.add_done_callback(self._lane_done)
+
+    def _lane_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free_lanes.release()
+        if not task.cancelled() and task.exception() is not None:  # _run_batch fails requests, never raises
+            log.error("batch task of %s failed", self.model, exc_info=task.exception())
+
+    async def _form(self) -> list[_Request]:
+        """The next batch: wait up to `wait` from the first queued request for it to fill, then take it; only the
+        requests whose caller still waits."""
+        first = self._queue[0].enqueued
+        while self._queued_items < self.max_batch_size:
+            remaining = first + self.wait - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return await self._live(self._take())
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        """Every group of the batch in turn; each request answered once its items have run."""
+        items = [item for request in batch for item in request.items]
+        owners = [request for request in batch for _ in request.items]
+        left = {id(request): len(request.items) for request in batch}  # items of each request not yet run
+        results: list[Any] = [None] * len(items)
+        t0 = time.perf_counter()
+        for group in self.split(items) if self.split is not None else [list(range(len(items)))]:
+            group = [i for i in group if not owners[i].future.done()]  # e.g. its deadline passed meanwhile
+            if group:
+                await self._run_group(group, items, owners, left, results)
+        for request in batch:
+            if not request.future.done():  # a split that left an input out: a bug, never a hang
+                request.future.set_exception(RuntimeError(f"the batch split of {self.model} skipped inputs"))
+        elapsed = time.perf_counter() - t0
+        self._busy_seconds = 0.8 * self._busy_seconds + 0.2 * elapsed
 
     async def _run_group(self, group: list[int], items: list[Any], owners: list[_Request], left: dict[int, int],
                          results: list[Any]) -> None:

@@ -115,15 +115,20 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     except (ExportFailed, OSError) as exc:  # OSError: the cache dir cannot be written (full, read-only)
         log.warning("FTSERVE_ONNX=%s: %s is served by torch: %s", mode, path, exc)
         return False
-    predictor.model = OrtEncoder(session(model_file, threads=threads), task=task, config=predictor.model.config,
-                                 path=model_file)
-    log.info("serving %s (%s) with ONNX Runtime %s from %s (%.1f s)", path, task, mode, model_file,
-             time.perf_counter() - t0)
+    predictor.model = OrtEncoder(session(model_file), task=task, config=predictor.model.config, path=model_file)
+    predictor.lanes = threads
+    log.info("serving %s (%s) with ONNX Runtime %s from %s, %d batches at once (%.1f s)", path, task, mode,
+             model_file, threads, time.perf_counter() - t0)
     return True
 
 
-def session(model_file: Path, *, threads: int) -> Any:
-    """A CPU session sized like torch's thread pool (core/cpus.py): `threads` intra-op threads, ops in sequence."""
+def session(model_file: Path, *, threads: int = 1) -> Any:
+    """A CPU session whose every run computes on the calling thread alone (`threads` 1), ops in sequence.
+
+    The API runs as many batches at once as torch has threads (core/cpus.py; the predictor's `lanes`), each on one
+    thread: on 2 cores, two single-threaded batches gave 1.08-1.29x the texts/s of one batch on two threads, and a
+    single text took 5.8 against 6.7 ms (bench/RESULTS.md). A run split over threads waits at every op for the
+    slowest of them, and idles the other core during the ops that do not split."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -268,7 +273,7 @@ def check(model: Any, tokenizer: Any, *, task: str, names: list[str], model_file
     import numpy as np
     import torch
 
-    onnx_model = OrtEncoder(session(model_file, threads=1), task=task, config=model.config, path=model_file)
+    onnx_model = OrtEncoder(session(model_file), task=task, config=model.config, path=model_file)
     for texts in (["one"], ["three texts here", "of", "different lengths, longer than the traced ones were"]):
         batch = _example(tokenizer, names, texts)
         with torch.no_grad():

@@ -135,10 +135,11 @@ class InferenceService:
                             timeout=self.settings.request_timeout_seconds) as predictor:
             return fn(predictor)
 
-    def _thread(self, role: str, ref: str) -> ThreadPoolExecutor:
+    def _thread(self, role: str, ref: str, workers: int = 1) -> ThreadPoolExecutor:
+        """The `role` threads of model `ref` (`workers` of them, made with the first call)."""
         executor = self._executors.get((role, ref))
         if executor is None:
-            executor = self._executors[role, ref] = ThreadPoolExecutor(1, thread_name_prefix=f"{role}-{ref}")
+            executor = self._executors[role, ref] = ThreadPoolExecutor(workers, thread_name_prefix=f"{role}-{ref}")
         return executor
 
     def _forget(self, key: tuple[str, str]) -> None:
@@ -212,9 +213,10 @@ class InferenceService:
         return sum(b.depth for k, b in self._batchers.items() if k[0] == group)
 
     def _encode(self, resolved: Resolved, items: list[Any], params: dict[str, Any], timeout: float
-                ) -> tuple[type[Predictor], list[Encoded], str | None]:
-        """The predictor's kind, the encoded items and, for an adapter version, the batches of its base that they
-        join (its predictor then stays pinned: the caller releases it once its results are back)."""
+                ) -> tuple[type[Predictor], list[Encoded], str | None, int]:
+        """The predictor's kind, the encoded items, for an adapter version the batches of its base that they join
+        (its predictor then stays pinned: the caller releases it once its results are back), and how many of its
+        batches may run at once (`Predictor.lanes`)."""
         predictor = self.cache.acquire(resolved.ref, task=resolved.task, path=resolved.path, timeout=timeout)
         try:
             group = self.cache.group(resolved.task, resolved.path)
@@ -228,10 +230,10 @@ class InferenceService:
             self.cache.release(resolved.ref)  # a full version is pinned again by its batch
         # else an adapter stays pinned until its results are back (run() records its group, on the event loop:
         # _forget iterates `_groups` there, and an insert from this thread could break that iteration)
-        return type(predictor), encoded, group
+        return type(predictor), encoded, group, predictor.lanes
 
-    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None
-                 ) -> Batcher:
+    def _batcher(self, resolved: Resolved, kind: type[Predictor], params: dict[str, Any], group: str | None = None,
+                 lanes: int = 1) -> Batcher:
         """One batcher per model version and parameters (those `predict` reads): only requests that can share a
         call do. The adapter versions of one base share its batchers (`group`): their requests share forward
         passes."""
@@ -246,7 +248,7 @@ class InferenceService:
             batcher = Batcher(
                 (lambda items: predict_on_base(items, params)) if group is not None
                 else (lambda items: self._call(resolved, lambda p: p.predict(items, **params))), model=name,
-                executor=self._thread("forward", name),
+                executor=self._thread("forward", name, workers=lanes), lanes=lanes,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,
@@ -269,7 +271,7 @@ class InferenceService:
             if executor is not None:
                 executor.shutdown(wait=False)
 
-    def _release_encoded(self, ref: str, encoding: Future[tuple[type[Predictor], list[Encoded], str | None]]
+    def _release_encoded(self, ref: str, encoding: Future[tuple[type[Predictor], list[Encoded], str | None, int]]
                          ) -> None:
         """The pin `_encode` kept on an adapter version, for a request that stopped waiting for its encoding."""
         if not encoding.cancelled() and encoding.exception() is None and encoding.result()[2] is not None:
@@ -291,7 +293,7 @@ class InferenceService:
         encoder = self._groups.get(resolved.ref, resolved.ref)
         encoding = self._thread("encode", encoder).submit(self._encode, resolved, items, params, timeout)
         try:
-            kind, encoded, group = await asyncio.wrap_future(encoding)
+            kind, encoded, group, lanes = await asyncio.wrap_future(encoding)
         except asyncio.CancelledError:
             # Cancelled while queued, the encoding never runs; cancelled while it runs, it ends on its thread and
             # would leave an adapter version pinned for good (its release is below, never reached): release it then.
@@ -303,7 +305,7 @@ class InferenceService:
         if group is not None:
             self._groups[resolved.ref] = group
         try:
-            batcher = self._batcher(resolved, kind, kind.batch_params(params), group)
+            batcher = self._batcher(resolved, kind, kind.batch_params(params), group, lanes)
             return await batcher.submit(encoded, timeout=max(0.0, deadline - time.monotonic()),
                                         is_disconnected=is_disconnected)
         finally:

@@ -120,6 +120,9 @@ class Predictor(ABC):
             auto_class = getattr(transformers, TASKS[self.task].auto_class)
             model = load_model(auto_class, str(model_dir)).to(device).eval()
         self.model = model
+        # Batches that may run at once (inference/batcher.py): 1 for torch, whose forward already spreads over every
+        # core; as many as the cores when the model computes each call on one thread (ONNX Runtime here).
+        self.lanes = 1
         self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
 
     def by(self, item: Encoded) -> Predictor:

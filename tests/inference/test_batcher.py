@@ -269,3 +269,92 @@ def test_a_failing_group_fails_only_the_requests_with_inputs_in_it() -> None:
         assert model.batches[-1] == ["x" * 20]
 
     asyncio.run(main())
+
+
+async def until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.001)
+
+
+class Lanes:
+    """A batch function that records how many of its calls run at once; each call waits on `gate`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.gate = threading.Event()
+        self.batches: list[list[Any]] = []
+
+    def __call__(self, items: list[Any]) -> Sequence[Any]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.batches.append(list(items))
+        self.gate.wait(10)
+        with self.lock:
+            self.running -= 1
+        return [f"out:{x}" for x in items]
+
+
+def test_with_two_lanes_two_batches_run_at_once_and_the_next_forms_from_what_queued_meanwhile() -> None:
+    async def main() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        model = Lanes()
+        with ThreadPoolExecutor(2) as pool:
+            b = batcher(model, max_batch_size=2, max_wait=0.0, lanes=2, executor=pool)
+            first = []
+            for i in range(2):  # each runs at once, on a lane of its own: the second does not wait for the first
+                first.append(asyncio.ensure_future(b.submit([i], timeout=5)))
+                await until(lambda i=i: model.running == i + 1)
+            rest = [asyncio.ensure_future(b.submit([i], timeout=5)) for i in range(2, 7)]
+            await asyncio.sleep(0.05)
+            assert model.running == 2 and b.depth == 5  # every lane busy: the rest wait, none runs a third batch
+            model.gate.set()
+            assert await asyncio.gather(*first, *rest) == [[f"out:{i}"] for i in range(7)]
+        assert model.most == 2
+        assert [len(x) for x in model.batches[:2]] == [1, 1]
+        assert sorted(x for batch in model.batches for x in batch) == list(range(7))
+        assert all(len(x) <= 2 for x in model.batches)
+
+    asyncio.run(main())
+
+
+def test_with_one_lane_a_batch_waits_for_the_one_before() -> None:
+    async def main() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        model = Lanes()
+        with ThreadPoolExecutor(2) as pool:  # a second thread is there, but the batcher has one lane
+            b = batcher(model, max_batch_size=1, max_wait=0.0, executor=pool)
+            tasks = [asyncio.ensure_future(b.submit([i], timeout=5)) for i in range(3)]
+            await until(lambda: model.running == 1)
+            await asyncio.sleep(0.05)
+            assert model.running == 1 and b.depth == 2
+            model.gate.set()
+            assert await asyncio.gather(*tasks) == [[f"out:{i}"] for i in range(3)]
+        assert model.most == 1
+
+    asyncio.run(main())
+
+
+def test_an_idle_batcher_with_lanes_waits_for_its_running_batches_before_it_reports_idle() -> None:
+    async def main() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        idle: list[bool] = []
+        model = Lanes()
+        with ThreadPoolExecutor(2) as pool:
+            b = batcher(model, max_wait=0.0, lanes=2, executor=pool, idle_seconds=0.02,
+                        on_idle=lambda: idle.append(True))
+            task = asyncio.ensure_future(b.submit(["slow"], timeout=5))
+            await until(lambda: model.running == 1)
+            await asyncio.sleep(0.1)  # several idle periods pass while the batch runs on its lane
+            assert idle == []
+            model.gate.set()
+            assert await task == ["out:slow"]
+            await until(lambda: idle == [True])
+
+    asyncio.run(main())
