@@ -13,7 +13,9 @@ In one run, on this machine:
    change means something) on `../shared/data/classification/train.csv` (validation: `validation.csv`), and a
    generation job with `max_steps: 1` registers the GPT-2. The worker is then stopped.
 3. /classify. `wrk` with a Lua script cycling through the texts of `validation.csv` (JSON bodies, one text per
-   request) drives, at 1, 8, 32 and 64 connections (each point after an unmeasured warm-up):
+   request) drives, at 1, 8, 32 and 64 connections (each point after an unmeasured warm-up; the two servers'
+   points alternate, connection count by connection count, and at 1 connection `--paired-rounds` more rounds
+   alternate for the p50 target):
      ftserve  `python -m cli.main api` (uvicorn, one worker; dynamic batching, FTSERVE_MAX_BATCH_SIZE and
               FTSERVE_MAX_BATCH_WAIT_MS at their defaults);
      naive    what a user writes by hand (`--serve-naive`, below): one uvicorn worker, a plain synchronous
@@ -40,8 +42,8 @@ In one run, on this machine:
    streamed token over 20 streams, idle and while 16 clients keep sending the mixed requests, in as many
    alternating rounds.
 
-Targets at 64 connections: ftserve req/s >= 2.5x naive, >= 80 % of the raw limit, ftserve p99 <= 3x its p50; the
-fastest CPU path >= 4x naive at <= 1 accuracy point below fp32;
+Targets: at 1 connection, ftserve's p50 <= 1.1x naive's; at 64 connections, ftserve req/s >= 2.5x naive, >= 80 %
+of the raw limit, ftserve p99 <= 3x its p50; the fastest CPU path >= 4x naive at <= 1 accuracy point below fp32;
 /generate: concurrent tokens/s >= 3x one at a time, equal-length and mixed; 16-token requests under the mixed load
 <= 3x alone; first streamed token with 16 running <= 3x idle. Per run, the CPU cores used by the server, by this
 process and wrk, and by everything else on the machine are printed, so that contention shows in the output.
@@ -71,6 +73,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import json
 import os
 import platform
@@ -144,6 +147,7 @@ MIN_OVER_LIMIT = 0.8
 MAX_TAIL = 3.0
 MIN_GEN_SPEEDUP = 3.0
 MIN_FAST_OVER_NAIVE = 4.0  # the fastest CPU path at 64 connections
+MAX_IDLE_P50 = 1.1  # ftserve's p50 at 1 connection / the naive server's
 MAX_FAST_ACCURACY_LOSS = 1.0  # points below fp32 on validation.csv
 # Mixed traffic (serving v2): prompts of 4-64 tokens, max_new_tokens 16-128, four requests of 16 new tokens.
 MIXED_PROMPT_TOKENS = (4, 64)
@@ -467,7 +471,8 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
               seconds: float, path: str = FP32, onnx_file: Path | None = None, accuracy: bool = True) -> RawResult:
     """Texts/s of tokenize + pad to the batch's longest + forward over `rows`' texts, cycled in order; first one
     pass in order that gives the accuracy (and warms up), or, with `accuracy=False`, a few warm-up batches.
-    `path`: FP32, "int8" (torch dynamic int8) or an ONNX path, whose model is `onnx_file` (ftserve's export)."""
+    `path`: FP32, "int8" (torch dynamic int8) or an ONNX path, whose model is `onnx_file` (ftserve's export), run
+    as the API runs it: `Predictor.lanes` loops at once, each on its share of the threads."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -478,10 +483,12 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
         with warnings.catch_warnings():  # torch's deprecation notices of the eager int8 API, once per process
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    elif onnx_file is not None:  # the session as ftserve's API opens it (inference/onnx_runtime.py)
-        from inference.onnx_runtime import OrtEncoder, session
+    lanes = 1
+    if onnx_file is not None:  # the session as ftserve's API opens it (inference/onnx_runtime.py::use_onnx)
+        from inference.onnx_runtime import LANES, OrtEncoder, session
 
-        model = OrtEncoder(session(onnx_file, threads=threads), task="classification", config=model.config,
+        lanes = max(1, min(LANES, threads))
+        model = OrtEncoder(session(onnx_file, threads=threads // lanes), task="classification", config=model.config,
                            path=onnx_file)
     texts = [r["text"] for r in rows]
     label2id = {str(v): int(k) for k, v in model.config.id2label.items()}
@@ -499,37 +506,44 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
                             return_tensors="pt")
             predicted = model(**enc).logits.argmax(-1).tolist()
             correct += sum(int(p == label2id[r["label"]]) for p, r in zip(predicted, chunk, strict=True))
-    timed: dict[str, float] = {}
     failure: list[BaseException] = []
+    next_batch = itertools.count()  # shared by the lanes: each batch index once (next() is atomic under the GIL)
+    totals = {"done": 0, "widths": 0}
+    lock = threading.Lock()
 
     def timed_loop() -> None:
         done = widths = 0
         try:
             with torch.inference_mode():
-                t0 = time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
-                    enc = tokenizer(batch(done), truncation=True, max_length=max_length, padding=True,
+                    enc = tokenizer(batch(next(next_batch)), truncation=True, max_length=max_length, padding=True,
                                     return_tensors="pt")
                     _ = model(**enc).logits  # the forward pass: the work being timed
                     widths += enc["input_ids"].shape[1]
                     done += 1
-                timed.update(elapsed=time.perf_counter() - t0, done=done, widths=widths)
+            with lock:
+                totals["done"] += done
+                totals["widths"] += widths
         except BaseException as exc:  # re-raised in the calling thread below
             failure.append(exc)
 
-    # In a thread of its own, as both servers run their forward passes (ftserve in anyio's worker threads, the
+    # In threads of their own, as both servers run their forward passes (ftserve in anyio's worker threads, the
     # naive endpoint in Starlette's threadpool): with other load on the machine, libgomp's spin-waiting makes a
     # process whose only OpenMP team is the main thread's several times slower (see RESULTS.md).
     window = CpuWindow({})
     cpu0 = time.process_time()
-    worker = threading.Thread(target=timed_loop, name="raw-loop", daemon=True)
-    worker.start()
-    worker.join()
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=timed_loop, name=f"raw-loop-{i}", daemon=True) for i in range(lanes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     use = window.stop()
     if failure:
         raise failure[0]
-    elapsed, done, widths = timed["elapsed"], int(timed["done"]), timed["widths"]
+    done, widths = totals["done"], totals["widths"]
     return RawResult(texts_per_s=done * batch_size / elapsed, batches=done, seconds=elapsed,
                      cpu_pct=100 * cpu / (elapsed * threads), others=use.others,
                      accuracy=100 * correct / n if accuracy else None,
@@ -782,6 +796,7 @@ class Figures:
     accuracy: dict[str, float] = field(default_factory=dict)
     load_seconds: dict[str, str] = field(default_factory=dict)  # a fast path's model load, as its API logged it
     # A fast path's rounds at the top connection count alternating with naive's: (its points, naive's points).
+    # ftserve fp32's at 1 connection, under "ftserve".
     paired: dict[str, tuple[list[Point], list[Point]]] = field(default_factory=dict)
     gen_sequential: GenRound | None = None
     gen_concurrent: list[GenRound] = field(default_factory=list)
@@ -798,10 +813,10 @@ Check = tuple[str, str, bool]
 
 def classify_report(fig: Figures, args: argparse.Namespace) -> list[Check]:
     ft, naive, limit = fig.points["ftserve"], fig.points["naive"], fig.raw[FP32]
-    print(f"\n\nSummary. torch threads {args.threads} everywhere (ONNX Runtime: as many intra-op threads); ftserve "
-          f"max batch {args.max_batch_size}, max batch wait {args.max_batch_wait_ms:g} ms (defaults); serving "
-          f"max_length {fig.max_length}; wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; one "
-          "text per request.\n")
+    print(f"\n\nSummary. torch threads {args.threads} everywhere (ONNX Runtime: as many batches at once, one thread "
+          f"each); ftserve max batch {args.max_batch_size}, max batch wait {args.max_batch_wait_ms:g} ms "
+          f"(defaults); serving max_length {fig.max_length}; wrk {args.duration} s per point after "
+          f"{args.wrk_warmup} s of warm-up; one text per request.\n")
     print(POINT_HEADER)
     for points in fig.points.values():
         print(point_rows(points))
@@ -835,17 +850,33 @@ def classify_report(fig: Figures, args: argparse.Namespace) -> list[Check]:
               f"| {point.rps:.1f} | {point.rps / naive[-1].rps:.2f}x | {point.rps / ft[-1].rps:.2f}x "
               f"| {r.texts_per_s / limit.texts_per_s:.2f}x | {load} |")
 
-    paired = {name: pooled_ratio(*fig.paired[name]) for name in fig.paired}
+    paired = {name: pooled_ratio(*points) for name, points in fig.paired.items() if name != "ftserve" and points[0]}
     if paired:
         print(f"\nEach faster path at {top} connections in {args.paired_rounds} rounds alternating with the naive "
               f"server's (naive first, {args.duration} s each): req/s per round, and the ratio of their sums.\n\n"
               "| path | its req/s | naive req/s | ratio |\n|---|---|---|---:|")
-        for name, (mine, theirs) in fig.paired.items():
+        for name in paired:
+            mine, theirs = fig.paired[name]
             print(f"| {name} | {', '.join(f'{p.rps:.1f}' for p in mine)} | "
                   f"{', '.join(f'{p.rps:.1f}' for p in theirs)} | {paired[name]:.2f}x |")
+    idle_mine, idle_theirs = fig.paired.get("ftserve", ([], []))
+    if not idle_mine:
+        print("\nftserve's p50 at 1 connection against naive's: not measured (it needs 1 in --connections and "
+              "--paired-rounds of 1 or more).")
+    else:
+        print(f"\nftserve (PyTorch fp32) at 1 connection in {len(idle_mine)} rounds alternating with the naive "
+              f"server's: p50 ms per round {', '.join(f'{p.p50_ms:.2f}' for p in idle_mine)}; naive's "
+              f"{', '.join(f'{p.p50_ms:.2f}' for p in idle_theirs)}.")
 
     a64, n64 = ft[-1], naive[-1]
-    checks: list[Check] = [
+    checks: list[Check] = []
+    if idle_mine:
+        mine_ms, theirs_ms = sum(p.p50_ms for p in idle_mine), sum(p.p50_ms for p in idle_theirs)
+        checks.append((f"/classify p50 at 1 connection ≤ {MAX_IDLE_P50:g}x the naive server's",
+                       f"{mine_ms / len(idle_mine):.2f} / {theirs_ms / len(idle_theirs):.2f} ms (means of "
+                       f"{len(idle_mine)} alternating rounds) = {mine_ms / theirs_ms:.2f}x",
+                       mine_ms / theirs_ms <= MAX_IDLE_P50))
+    checks += [
         (f"req/s ftserve / naive at {top} ≥ {MIN_OVER_NAIVE:g}x",
          f"{a64.rps:.1f} / {n64.rps:.1f} = {a64.rps / n64.rps:.2f}x", a64.rps / n64.rps >= MIN_OVER_NAIVE),
         (f"req/s ftserve / raw limit at {top} ≥ {MIN_OVER_LIMIT:.0%}",
@@ -856,15 +887,15 @@ def classify_report(fig: Figures, args: argparse.Namespace) -> list[Check]:
     ]
     # The fastest CPU path ftserve ships: the fastest of fp32 and the paths within the accuracy bound, each by its
     # ratio to naive (a faster path's from its rounds alternating with naive's).
-    fast = [(name, raw, paired.get(name, point.rps / n64.rps)) for name, raw, point, _ in rows
+    fast = [(name, raw, point, paired.get(name, point.rps / n64.rps)) for name, raw, point, _ in rows
             if fig.accuracy[raw] >= acc32 - MAX_FAST_ACCURACY_LOSS]
-    name, raw, ratio = max(fast, key=lambda f: f[2])
+    name, raw, point, ratio = max(fast, key=lambda f: f[3])
     if name in paired:
         mine, theirs = fig.paired[name]
         how = (f"{sum(p.rps for p in mine):.1f} / {sum(p.rps for p in theirs):.1f} (sums of {len(mine)} "
                "alternating rounds)")
     else:
-        how = f"{ft[-1].rps:.1f} / {n64.rps:.1f}"
+        how = f"{point.rps:.1f} / {n64.rps:.1f}"
     checks.append((f"fastest CPU path within {MAX_FAST_ACCURACY_LOSS:g} accuracy point of fp32: req/s / naive at "
                    f"{top} ≥ {MIN_FAST_OVER_NAIVE:g}x",
                    f"{name}: {how} = {ratio:.2f}x, {fig.accuracy[raw] - acc32:+.2f} points",
@@ -1007,6 +1038,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--baseline-tree {args.baseline_tree} is not an ftserve source tree (no cli/main.py)")
     if min(args.duration, args.threads, args.gen_rounds, args.train_steps) < 1 or args.raw_seconds <= 0:
         parser.error("--duration, --threads, --gen-rounds, --train-steps and --raw-seconds must be positive")
+    if args.paired_rounds < 0:
+        parser.error("--paired-rounds must be 0 (no alternating rounds: those targets are not measured) or more")
     # ftserve's own defaults, passed to its API explicitly and used by the raw loop.
     args.max_batch_size = int(Settings.model_fields["max_batch_size"].default)
     args.max_batch_wait_ms = float(Settings.model_fields["max_batch_wait_ms"].default)
@@ -1040,6 +1073,18 @@ def generate_phase(fig: Figures, client: Any, base_url: str, gen_ref: str, gen_d
           f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
 
 
+def paired_rounds(server: str, mine: tuple[int, str], naive: tuple[int, str], connections: int, script: Path,
+                  args: argparse.Namespace, **metrics: Any) -> tuple[list[Point], list[Point]]:
+    """`--paired-rounds` rounds at `connections` of the naive server (pid, base URL), then of `mine`: their
+    points, in order."""
+    ours: list[Point] = []
+    theirs: list[Point] = []
+    for _ in range(args.paired_rounds):
+        theirs += load_points("naive", naive[1], naive[0], script, args, connection_counts=(connections,))
+        ours += load_points(server, mine[1], mine[0], script, args, connection_counts=(connections,), **metrics)
+    return ours, theirs
+
+
 def fast_path_phase(fig: Figures, path: FastPath, *, data_dir: Path, cls_dir: Path, cls_ref: str,
                     val_rows: list[dict[str, str]], api_env: dict[str, str], script: Path,
                     naive: tuple[int, str], args: argparse.Namespace) -> None:
@@ -1065,15 +1110,9 @@ def fast_path_phase(fig: Figures, path: FastPath, *, data_dir: Path, cls_dir: Pa
                 raise RuntimeError(f"{path.server} /classify answered {first.status_code}: {first.text}")
             fig.points[path.server] = load_points(path.server, api.base_url, api.procs["api"].pid, script, args,
                                                   metrics_client=client, model_ref=cls_ref)
-            top = (args.connections[-1],)
-            mine: list[Point] = []
-            theirs: list[Point] = []
-            for _ in range(args.paired_rounds):
-                theirs += load_points("naive", naive[1], naive[0], script, args, connection_counts=top)
-                mine += load_points(path.server, api.base_url, api.procs["api"].pid, script, args,
-                                    metrics_client=client, model_ref=cls_ref, connection_counts=top)
-            if mine:
-                fig.paired[path.server] = (mine, theirs)
+            fig.paired[path.server] = paired_rounds(path.server, (api.procs["api"].pid, api.base_url), naive,
+                                                    args.connections[-1], script, args, metrics_client=client,
+                                                    model_ref=cls_ref)
             fig.accuracy[path.raw] = endpoint_accuracy(client, CLASSIFIER, val_rows)
     onnx_file = None
     if path.raw.startswith("onnx"):
@@ -1175,26 +1214,37 @@ def run(args: argparse.Namespace) -> int:
             first = client.post("/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]})
             if first.status_code != 200 or first.json()["model"] != cls_ref:
                 raise RuntimeError(f"ftserve /classify answered {first.status_code}: {first.text}")
-            fig.points["ftserve"] = load_points("ftserve", api.base_url, api.procs["api"].pid, script, args,
-                                                metrics_client=client, model_ref=cls_ref)
+            # The naive server starts now and stays up: its points alternate with ftserve's, connection count by
+            # connection count, and with the faster paths' rounds below.
+            proc, base = stack.enter_context(naive_server(work, cls_dir, args.threads, fig.max_length, child_env))
+            first = httpx.post(f"{base}/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]},
+                               timeout=60)
+            if first.status_code != 200:
+                raise RuntimeError(f"naive /classify answered {first.status_code}: {first.text}")
+            naive = (proc.pid, base)
+            ftserve_api = (api.procs["api"].pid, api.base_url)
+            fig.points["ftserve"], fig.points["naive"] = [], []
+            for connections in args.connections:
+                fig.points["ftserve"] += load_points("ftserve", api.base_url, ftserve_api[0], script, args,
+                                                     metrics_client=client, model_ref=cls_ref,
+                                                     connection_counts=(connections,))
+                fig.points["naive"] += load_points("naive", base, proc.pid, script, args,
+                                                   connection_counts=(connections,))
+            low = args.connections[0]
+            if low == 1 and args.paired_rounds > 0:  # the idle target: ftserve's p50 at 1 connection, in rounds
+                # alternating with naive's
+                fig.paired["ftserve"] = paired_rounds("ftserve", ftserve_api, naive, low, script, args,
+                                                      metrics_client=client, model_ref=cls_ref)
             fig.accuracy[FP32] = endpoint_accuracy(client, CLASSIFIER, val_rows)
             if gen is not None:
                 gen_dir = data_dir / "models" / GENERATOR / str(gen["model"]["version"])
                 generate_phase(fig, client, api.base_url, gen["model"]["ref"], gen_dir, args)
             client.close()
 
-        # -- naive (it stays up: the faster paths' rounds alternate with its) -------------------------------------
-        proc, base = stack.enter_context(naive_server(work, cls_dir, args.threads, fig.max_length, child_env))
-        first = httpx.post(f"{base}/classify", json={"model": CLASSIFIER, "inputs": [val_rows[0]["text"]]},
-                           timeout=60)
-        if first.status_code != 200:
-            raise RuntimeError(f"naive /classify answered {first.status_code}: {first.text}")
-        fig.points["naive"] = load_points("naive", base, proc.pid, script, args)
-
         # -- faster CPU paths: torch int8, ONNX Runtime fp32 and int8 ---------------------------------------------
         for path in FAST_PATHS:
             fast_path_phase(fig, path, data_dir=data_dir, cls_dir=cls_dir, cls_ref=cls_ref, val_rows=val_rows,
-                            api_env=api_env, script=script, naive=(proc.pid, base), args=args)
+                            api_env=api_env, script=script, naive=naive, args=args)
 
     ok = report(fig, args, started)
     return 1 if args.strict and not ok else 0

@@ -53,11 +53,13 @@ class Batcher:
                  cost: Callable[[list[Any]], int] | None = None, max_cost: int = 0,
                  wait_fraction: float = 0.02, max_wait_cap: float = 0.1, executor: Executor | None = None,
                  also_queued: Callable[[], int] | None = None,
-                 split: Callable[[list[Any]], list[list[int]]] | None = None, lanes: int = 1) -> None:
+                 split: Callable[[list[Any]], list[list[int]]] | None = None, lanes: int = 1,
+                 free_lanes: asyncio.Semaphore | None = None) -> None:
         self.fn = fn
         self.lanes = max(1, lanes)
-        self._free_lanes = asyncio.Semaphore(self.lanes)
-        self._running: set[asyncio.Task[None]] = set()  # batches in flight on lanes beyond the loop's own
+        # Shared by the batchers of one model (one per parameter set), which share its `lanes` forward threads.
+        self._free_lanes = free_lanes if free_lanes is not None else asyncio.BoundedSemaphore(self.lanes)
+        self._running: set[asyncio.Task[None]] = set()  # with lanes > 1: the batches running as tasks
         # How a batch runs: groups of indices into its items, one call of `fn` each, in order (e.g. inputs of
         # similar length together, shortest first); a request is answered once its own items have run.
         self.split = split
@@ -191,7 +193,7 @@ class Batcher:
     def _lane_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._free_lanes.release()
-        if not task.cancelled() and task.exception() is not None:  # _run_batch fails requests, never raises
+        if not task.cancelled() and task.exception() is not None:  # BaseException only: _run_batch catches the rest
             log.error("batch task of %s failed", self.model, exc_info=task.exception())
 
     async def _form(self) -> list[_Request]:
@@ -210,7 +212,17 @@ class Batcher:
         return await self._live(self._take())
 
     async def _run_batch(self, batch: list[_Request]) -> None:
-        """Every group of the batch in turn; each request answered once its items have run."""
+        """Every group of the batch in turn; each request answered once its items have run. Never raises: an
+        unexpected error (e.g. in `split`) fails the batch's requests not yet answered."""
+        try:
+            await self._run_groups(batch)
+        except Exception as exc:
+            log.exception("batch of %d requests for %s failed", len(batch), self.model)
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+
+    async def _run_groups(self, batch: list[_Request]) -> None:
         items = [item for request in batch for item in request.items]
         owners = [request for request in batch for _ in request.items]
         left = {id(request): len(request.items) for request in batch}  # items of each request not yet run

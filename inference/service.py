@@ -90,12 +90,15 @@ class InferenceService:
         # Two threads per loaded model (per shared base for adapters), by (role, ref). "forward": one forward at a
         # time (interleaving gains nothing on shared cores and costs memory), and always the same thread, so torch
         # keeps one OpenMP team per model instead of waking a fresh one for each batch (10-20% of a small model's
-        # throughput when threads rotate). "encode": the requests' tokenization, one request at a time. With a
+        # throughput when threads rotate); a model whose runs are single-threaded (ONNX Runtime) has a forward
+        # thread per lane (`Predictor.lanes`), and its batchers share that many lanes (`_lanes`). "encode": the
+        # requests' tokenization, one request at a time. With a
         # thread per request (anyio's pool), dozens of tokenizing threads take the GIL from the forward thread
         # between its ops under load: 64 concurrent in-process /classify requests ran at 0.4-0.9x of tokenizing in
         # the forward thread, and at 0.8-1.3x with this one thread (a noisy 2-core machine, three alternating runs
         # each).
         self._executors: dict[tuple[str, str], ThreadPoolExecutor] = {}
+        self._lanes: dict[str, asyncio.Semaphore] = {}  # ref → the forward lanes its batchers share
         self._groups: dict[str, str] = {}  # an adapter version's ref → the batches of its base it joins
         # (viewer, ref, task) → version, valid while the registry stamp stays the same (see registry/stamp.py):
         # per viewer, because a bare name or no name at all resolves among the caller's models.
@@ -151,6 +154,7 @@ class InferenceService:
             # it is loaded): those threads go with their base's last batcher too.
             owners = [ref, *(r for r, group in self._groups.items() if group == ref)]
             keys = [("forward", ref), *(("encode", owner) for owner in owners)]
+            self._lanes.pop(ref, None)
             for key in keys:
                 executor = self._executors.pop(key, None)
                 if executor is not None:
@@ -249,6 +253,7 @@ class InferenceService:
                 (lambda items: predict_on_base(items, params)) if group is not None
                 else (lambda items: self._call(resolved, lambda p: p.predict(items, **params))), model=name,
                 executor=self._thread("forward", name, workers=lanes), lanes=lanes,
+                free_lanes=self._lanes.setdefault(name, asyncio.BoundedSemaphore(lanes)),
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,

@@ -19,7 +19,8 @@ def test_onnx_int8_serves_classify_and_answer_and_a_deleted_version_takes_its_ex
         make_api: Callable[..., TestClient], tmp_path: Path) -> None:
     models = {"sent": save_tiny_encoder(tmp_path / "sent", task="classification"),
               "reader": save_tiny_encoder(tmp_path / "reader", task="question-answering")}
-    api = make_api(FTSERVE_ONNX="int8")  # after the models: its warm-up imports transformers in a thread
+    api = make_api(FTSERVE_ONNX="int8", FTSERVE_TORCH_THREADS="2")  # after the models: its warm-up imports
+    # transformers in a thread
     assert send(api, "sent", tar_of(models["sent"])).status_code == 201
     assert send(api, "reader", tar_of(models["reader"]), task="question-answering").status_code == 201
     cache = tmp_path / "data" / "cache"
@@ -30,6 +31,13 @@ def test_onnx_int8_serves_classify_and_answer_and_a_deleted_version_takes_its_ex
     for got, ref in zip(r.json()["predictions"], want, strict=True):
         assert [p["label"] for p in got] == [p["label"] for p in ref]
         assert [p["score"] for p in got] == pytest.approx([p["score"] for p in ref], abs=0.02)
+    # Two batches at once, on a forward thread each; the lanes are the model's (shared by its batchers, one per
+    # parameter set).
+    service = api.app.state.inference
+    batchers = [b for (ref, _), b in service._batchers.items() if ref == "sent:1"]
+    assert len(batchers) == 1 and batchers[0].lanes == 2
+    assert batchers[0]._free_lanes is service._lanes["sent:1"]
+    assert service._executors["forward", "sent:1"]._max_workers == 2
 
     r = api.post("/answer", json={"model": "reader", "inputs": [{"question": q, "context": c} for q, c in PAIRS]})
     assert r.status_code == 200, r.text

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from core.errors import ClientLeft, DeadlineExceeded, RateLimited
 from inference.batcher import Batcher
+from tests.inference.helpers import until
 
 
 class Model:
@@ -271,13 +273,6 @@ def test_a_failing_group_fails_only_the_requests_with_inputs_in_it() -> None:
     asyncio.run(main())
 
 
-async def until(condition: Any, seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
-
-
 class Lanes:
     """A batch function that records how many of its calls run at once; each call waits on `gate`."""
 
@@ -300,15 +295,13 @@ class Lanes:
 
 def test_with_two_lanes_two_batches_run_at_once_and_the_next_forms_from_what_queued_meanwhile() -> None:
     async def main() -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         model = Lanes()
         with ThreadPoolExecutor(2) as pool:
             b = batcher(model, max_batch_size=2, max_wait=0.0, lanes=2, executor=pool)
             first = []
             for i in range(2):  # each runs at once, on a lane of its own: the second does not wait for the first
                 first.append(asyncio.ensure_future(b.submit([i], timeout=5)))
-                await until(lambda i=i: model.running == i + 1)
+                await until(f"batch {i} running", lambda i=i: model.running == i + 1, 5)
             rest = [asyncio.ensure_future(b.submit([i], timeout=5)) for i in range(2, 7)]
             await asyncio.sleep(0.05)
             assert model.running == 2 and b.depth == 5  # every lane busy: the rest wait, none runs a third batch
@@ -324,13 +317,11 @@ def test_with_two_lanes_two_batches_run_at_once_and_the_next_forms_from_what_que
 
 def test_with_one_lane_a_batch_waits_for_the_one_before() -> None:
     async def main() -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         model = Lanes()
         with ThreadPoolExecutor(2) as pool:  # a second thread is there, but the batcher has one lane
             b = batcher(model, max_batch_size=1, max_wait=0.0, executor=pool)
             tasks = [asyncio.ensure_future(b.submit([i], timeout=5)) for i in range(3)]
-            await until(lambda: model.running == 1)
+            await until("a batch running", lambda: model.running == 1, 5)
             await asyncio.sleep(0.05)
             assert model.running == 1 and b.depth == 2
             model.gate.set()
@@ -342,19 +333,34 @@ def test_with_one_lane_a_batch_waits_for_the_one_before() -> None:
 
 def test_an_idle_batcher_with_lanes_waits_for_its_running_batches_before_it_reports_idle() -> None:
     async def main() -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         idle: list[bool] = []
         model = Lanes()
         with ThreadPoolExecutor(2) as pool:
             b = batcher(model, max_wait=0.0, lanes=2, executor=pool, idle_seconds=0.02,
                         on_idle=lambda: idle.append(True))
             task = asyncio.ensure_future(b.submit(["slow"], timeout=5))
-            await until(lambda: model.running == 1)
+            await until("a batch running", lambda: model.running == 1, 5)
             await asyncio.sleep(0.1)  # several idle periods pass while the batch runs on its lane
             assert idle == []
             model.gate.set()
             assert await task == ["out:slow"]
-            await until(lambda: idle == [True])
+            await until("idle reported", lambda: idle == [True], 5)
+
+    asyncio.run(main())
+
+
+def test_a_batch_whose_split_fails_fails_its_requests_and_the_batcher_goes_on() -> None:
+    async def main() -> None:
+        def split(items: list[Any]) -> list[list[int]]:
+            if "bad" in items:
+                raise ValueError("no order for these")
+            return [list(range(len(items)))]
+
+        for lanes in (1, 2):
+            with ThreadPoolExecutor(lanes) as pool:
+                b = batcher(Model(), max_wait=0.0, split=split, lanes=lanes, executor=pool)
+                with pytest.raises(ValueError, match="no order"):
+                    await b.submit(["bad"], timeout=5)
+                assert await b.submit(["good"], timeout=5) == ["out:good"]
 
     asyncio.run(main())
