@@ -485,11 +485,11 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     lanes = 1
     if onnx_file is not None:  # the session as ftserve's API opens it (inference/onnx_runtime.py::use_onnx)
-        from inference.onnx_runtime import LANES, OrtEncoder, session
+        from inference.onnx_runtime import LANES, OrtEncoder, session, session_threads
 
         lanes = max(1, min(LANES, threads))
-        model = OrtEncoder(session(onnx_file, threads=threads // lanes), task="classification", config=model.config,
-                           path=onnx_file)
+        model = OrtEncoder(session(onnx_file, threads=session_threads(threads, lanes)), task="classification",
+                           config=model.config, path=onnx_file)
     texts = [r["text"] for r in rows]
     label2id = {str(v): int(k) for k, v in model.config.id2label.items()}
     n = len(texts)
@@ -813,8 +813,8 @@ Check = tuple[str, str, bool]
 
 def classify_report(fig: Figures, args: argparse.Namespace) -> list[Check]:
     ft, naive, limit = fig.points["ftserve"], fig.points["naive"], fig.raw[FP32]
-    print(f"\n\nSummary. torch threads {args.threads} everywhere (ONNX Runtime: as many batches at once, one thread "
-          f"each); ftserve max batch {args.max_batch_size}, max batch wait {args.max_batch_wait_ms:g} ms "
+    print(f"\n\nSummary. torch threads {args.threads} everywhere (ONNX Runtime: up to 2 batches at once on one "
+          f"session); ftserve max batch {args.max_batch_size}, max batch wait {args.max_batch_wait_ms:g} ms "
           f"(defaults); serving max_length {fig.max_length}; wrk {args.duration} s per point after "
           f"{args.wrk_warmup} s of warm-up; one text per request.\n")
     print(POINT_HEADER)

@@ -11,9 +11,9 @@ but lets concurrent callers join it. While a batch
 runs, new requests queue up, so batches grow with load. A failed batch fails only its own requests; a full
 queue is a 429 and a request past its deadline a 504.
 
-With `lanes` > 1, up to that many batches run at once (on an executor with as many threads): for a model that
-computes each call on one thread (ONNX Runtime with one intra-op thread), so that two batches on two cores beat
-one batch on two threads, which idle while a single-threaded op runs. A batch forms when a lane is free, from what
+With `lanes` > 1, up to that many batches run at once (on an executor with as many threads): for a model whose
+calls do not spread over every core (ONNX Runtime, inference/onnx_runtime.py), so that two batches on two cores
+beat one batch on two threads, which idle while a single-threaded op runs. A batch forms when a lane is free, from what
 queued while every lane was busy.
 """
 
@@ -127,8 +127,7 @@ class Batcher:
             nxt = self._queue[0]
             if batch and len(items) + len(nxt.items) > self.max_batch_size:
                 break
-            if batch and self.cost is not None and self.max_cost > 0 and \
-                    self.cost(items + nxt.items) > self.max_cost:
+            if batch and self.cost is not None and self.max_cost > 0 and self._over_budget(items + nxt.items):
                 break
             self._queue.popleft()
             self._queued_items -= len(nxt.items)
@@ -136,6 +135,16 @@ class Batcher:
             items += nxt.items
         metrics.QUEUE_DEPTH.labels(model=self.model).set(self._queued_items)
         return batch
+
+    def _over_budget(self, items: list[Any]) -> bool:
+        """Whether `items` cost more than `max_cost`; a cost function that fails counts as over, so that the
+        request it failed on runs in a batch of its own (unchecked) rather than stopping the loop."""
+        assert self.cost is not None
+        try:
+            return self.cost(items) > self.max_cost
+        except Exception:
+            log.exception("the batch cost of %s failed; the next request runs in a batch of its own", self.model)
+            return True
 
     async def _live(self, batch: list[_Request]) -> list[_Request]:
         live = []

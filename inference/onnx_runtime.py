@@ -6,7 +6,7 @@ padded torch tensors of `inference.batching.grouped_forward`) and answers with t
 (`.logits`, or `.start_logits` / `.end_logits`, as torch tensors).
 
 Why ONNX Runtime: its fp32 graph gives PyTorch's scores (fused LayerNorm/GELU kernels, no Python between ops,
-and sessions that run concurrent batches on one thread each; see `session`), and its
+and sessions that run two batches at once; see `session`), and its
 int8 graph with per-channel weight scales keeps the accuracy that torch's per-tensor dynamic int8 loses: on the
 bench's MiniLM classifier -0.11 points through /classify where torch's int8 loses 1.95 (bench/serve_bench.py).
 
@@ -43,8 +43,9 @@ ONNX_MODES = ("off", "fp32", "int8")
 # Bumped whenever the export or quantization recipe changes, so older exports are not reused.
 RECIPE = "2"  # 2: weights quantized to 7 bits (reduce_range)
 EXPORT_TOLERANCE = 1e-3
-# Batches a model runs at once: on 2 cores, two single-threaded batches beat one batch on two threads (session());
-# on more cores each lane gets cores / LANES threads, so that one request alone still spreads over the machine.
+# Batches a model runs at once: on 2 cores, two single-threaded batches beat one batch on two threads (session()).
+# Both lanes run on one session, whose runs share its pool (`threads - LANES` threads besides the callers): on more
+# cores, one request alone still spreads over most of them. Measured on 2 cores only.
 LANES = 2
 # Inputs a predictor may pass; an export covers those its tokenizer produces and its model accepts.
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -119,24 +120,32 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
         log.warning("FTSERVE_ONNX=%s: %s is served by torch: %s", mode, path, exc)
         return False
     lanes = max(1, min(LANES, threads))
-    predictor.model = OrtEncoder(session(model_file, threads=threads // lanes), task=task,
-                                 config=predictor.model.config, path=model_file)
+    per_run = session_threads(threads, lanes)
+    predictor.model = OrtEncoder(session(model_file, threads=per_run), task=task, config=predictor.model.config,
+                                 path=model_file)
     predictor.lanes = lanes
-    log.info("serving %s (%s) with ONNX Runtime %s from %s, %d batches at once on %d threads each (%.1f s)", path,
-             task, mode, model_file, lanes, threads // lanes, time.perf_counter() - t0)
+    log.info("serving %s (%s) with ONNX Runtime %s from %s, %d batches at once, session threads %d (%.1f s)", path,
+             task, mode, model_file, lanes, per_run, time.perf_counter() - t0)
     return True
+
+
+def session_threads(threads: int, lanes: int) -> int:
+    """A session's intra-op threads for `lanes` concurrent runs on `threads` cores: a run computes on its calling
+    thread and the session's pool of `intra_op_num_threads - 1` threads, which concurrent runs share, so callers
+    plus pool add up to `threads` (1 on 2 cores with 2 lanes: no pool)."""
+    return max(1, threads - lanes + 1)
 
 
 def session(model_file: Path, *, threads: int = 1) -> Any:
     """A CPU session whose runs compute on `threads` threads (the calling one included), ops in sequence.
 
-    The API runs `LANES` batches at once (the predictor's `lanes`), each on its share of torch's threads
-    (core/cpus.py): on 2 cores, two single-threaded batches gave 1.08-1.29x the texts/s of one batch on two
-    threads, and a single text took 5.8 against 6.7 ms (bench/RESULTS.md; measured on 2 cores only). A run split
-    over threads waits at every op for the slowest of them, and idles the other cores during the ops that do not
-    split. With several threads per run, the pool's threads sleep when their work runs out instead of spinning
-    (ONNX Runtime's default): they share the cores with the API's event loop and the other lane (+0-18 % req/s
-    at 64 connections with 2 threads and one lane, three runs interleaved with the default)."""
+    The API runs `LANES` batches at once on one session (the predictor's `lanes`; `session_threads`): on 2 cores,
+    two single-threaded batches gave 1.08-1.29x the texts/s of one batch on two threads, and a single text took
+    5.8 against 6.7 ms (bench/RESULTS.md; measured on 2 cores only). A run split over threads waits at every op
+    for the slowest of them, and idles the other cores during the ops that do not split. A pool's threads sleep
+    when their work runs out instead of spinning (ONNX Runtime's default): they share the cores with the API's
+    event loop and the other lane (+0-18 % req/s at 64 connections with 2 threads and one lane, three runs
+    interleaved with the default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -253,7 +253,7 @@ class InferenceService:
                 (lambda items: predict_on_base(items, params)) if group is not None
                 else (lambda items: self._call(resolved, lambda p: p.predict(items, **params))), model=name,
                 executor=self._thread("forward", name, workers=lanes), lanes=lanes,
-                free_lanes=self._lanes.setdefault(name, asyncio.BoundedSemaphore(lanes)),
+                free_lanes=self._model_lanes(name, lanes),
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=0.0 if zero_wait else self.settings.max_batch_wait_ms / 1000,
                 wait_fraction=0.0 if zero_wait else 0.02,
@@ -266,6 +266,16 @@ class InferenceService:
             )
             self._batchers[key] = batcher
         return batcher
+
+    def _model_lanes(self, name: str, lanes: int) -> asyncio.Semaphore | None:
+        """The lanes the batchers of model `name` share when it runs several batches at once; None for one lane:
+        then each batcher keeps its own, as a batcher that waits to fill (/summarize) must not hold the model's
+        only lane while it waits."""
+        if lanes == 1:
+            return None
+        if name not in self._lanes:
+            self._lanes[name] = asyncio.BoundedSemaphore(lanes)
+        return self._lanes[name]
 
     def _drop_idle_encoder(self, owner: str) -> None:
         """The encode thread of `owner` when no batcher of it exists: only a batcher going idle (`_forget`) ends it

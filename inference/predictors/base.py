@@ -121,7 +121,7 @@ class Predictor(ABC):
             model = load_model(auto_class, str(model_dir)).to(device).eval()
         self.model = model
         # Batches that may run at once (inference/batcher.py): 1 for torch, whose forward already spreads over every
-        # core; as many as the cores when the model computes each call on one thread (ONNX Runtime here).
+        # core; 2 for ONNX Runtime (inference/onnx_runtime.py::LANES).
         self.lanes = 1
         self.serving: dict[str, Any] = read_training_params(Path(model_dir)).get("serving", {})
 

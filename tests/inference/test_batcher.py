@@ -364,3 +364,19 @@ def test_a_batch_whose_split_fails_fails_its_requests_and_the_batcher_goes_on() 
                 assert await b.submit(["good"], timeout=5) == ["out:good"]
 
     asyncio.run(main())
+
+
+def test_a_failing_cost_function_runs_each_request_alone_instead_of_stopping_the_batcher() -> None:
+    async def main() -> None:
+        def cost(items: list[Any]) -> int:
+            if len(items) > 1:
+                raise ValueError("cannot price this batch")
+            return 1
+
+        model = Model()
+        b = batcher(model, max_wait=0.02, cost=cost, max_cost=10)
+        results = await asyncio.gather(*(b.submit([i], timeout=5) for i in range(3)))
+        assert results == [[f"out:{i}"] for i in range(3)]
+        assert model.batches == [[0], [1], [2]]
+
+    asyncio.run(main())
