@@ -485,11 +485,11 @@ def raw_limit(model_dir: Path, rows: list[dict[str, str]], *, batch_size: int, m
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     lanes = 1
     if onnx_file is not None:  # the session as ftserve's API opens it (inference/onnx_runtime.py::use_onnx)
-        from inference.onnx_runtime import LANES, OrtEncoder, session, session_threads
+        from inference.onnx_runtime import OrtEncoder, lane_layout, session
 
-        lanes = max(1, min(LANES, threads))
-        model = OrtEncoder(session(onnx_file, threads=session_threads(threads, lanes)), task="classification",
-                           config=model.config, path=onnx_file)
+        lanes, per_run = lane_layout(threads)
+        model = OrtEncoder(session(onnx_file, threads=per_run), task="classification", config=model.config,
+                           path=onnx_file)
     texts = [r["text"] for r in rows]
     label2id = {str(v): int(k) for k, v in model.config.id2label.items()}
     n = len(texts)
@@ -1073,6 +1073,18 @@ def generate_phase(fig: Figures, client: Any, base_url: str, gen_ref: str, gen_d
           f"others running {statistics.median(fig.ttft_loaded):.3f} s", flush=True)
 
 
+def interleaved_points(servers: list[tuple[str, str, int, Any]], script: Path, args: argparse.Namespace,
+                       model_ref: str) -> dict[str, list[Point]]:
+    """Each server's points at `--connections`, measured in turn at each connection count (so that a change in the
+    machine's speed hits them alike). `servers`: (name, base URL, pid, metrics client or None)."""
+    points: dict[str, list[Point]] = {name: [] for name, *_ in servers}
+    for connections in args.connections:
+        for name, url, pid, metrics_client in servers:
+            points[name] += load_points(name, url, pid, script, args, metrics_client=metrics_client,
+                                        model_ref=model_ref, connection_counts=(connections,))
+    return points
+
+
 def paired_rounds(server: str, mine: tuple[int, str], naive: tuple[int, str], connections: int, script: Path,
                   args: argparse.Namespace, **metrics: Any) -> tuple[list[Point], list[Point]]:
     """`--paired-rounds` rounds at `connections` of the naive server (pid, base URL), then of `mine`: their
@@ -1223,13 +1235,8 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"naive /classify answered {first.status_code}: {first.text}")
             naive = (proc.pid, base)
             ftserve_api = (api.procs["api"].pid, api.base_url)
-            fig.points["ftserve"], fig.points["naive"] = [], []
-            for connections in args.connections:
-                fig.points["ftserve"] += load_points("ftserve", api.base_url, ftserve_api[0], script, args,
-                                                     metrics_client=client, model_ref=cls_ref,
-                                                     connection_counts=(connections,))
-                fig.points["naive"] += load_points("naive", base, proc.pid, script, args,
-                                                   connection_counts=(connections,))
+            fig.points.update(interleaved_points([("ftserve", api.base_url, ftserve_api[0], client),
+                                                  ("naive", base, proc.pid, None)], script, args, cls_ref))
             low = args.connections[0]
             if low == 1 and args.paired_rounds > 0:  # the idle target: ftserve's p50 at 1 connection, in rounds
                 # alternating with naive's
@@ -1309,11 +1316,7 @@ def run_classify_only(args: argparse.Namespace) -> int:
                                timeout=300)
             if first.status_code != 200:
                 raise RuntimeError(f"{name} /classify answered {first.status_code}: {first.text}")
-        points: dict[str, list[Point]] = {name: [] for name, *_ in servers}
-        for connections in args.connections:
-            for name, url, pid, metrics_client in servers:
-                points[name] += load_points(name, url, pid, script, args, metrics_client=metrics_client,
-                                            model_ref=cls_ref, connection_counts=(connections,))
+        points = interleaved_points(servers, script, args, cls_ref)
     print(f"\n\nSummary (/classify only). torch threads {args.threads}; ftserve max batch {args.max_batch_size}; "
           f"serving max_length {max_length}; wrk {args.duration} s per point after {args.wrk_warmup} s of warm-up; "
           f"one text per request; baseline tree: {args.baseline_tree or 'none'}.\n")

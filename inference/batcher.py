@@ -59,7 +59,7 @@ class Batcher:
         self.lanes = max(1, lanes)
         # Shared by the batchers of one model (one per parameter set), which share its `lanes` forward threads.
         self._free_lanes = free_lanes if free_lanes is not None else asyncio.BoundedSemaphore(self.lanes)
-        self._running: set[asyncio.Task[None]] = set()  # with lanes > 1: the batches running as tasks
+        self._running: set[asyncio.Task[None]] = set()  # the batches running, a task each (one lane each)
         # How a batch runs: groups of indices into its items, one call of `fn` each, in order (e.g. inputs of
         # similar length together, shortest first); a request is answered once its own items have run.
         self.split = split
@@ -189,15 +189,10 @@ class Batcher:
             if not batch:
                 self._free_lanes.release()
                 continue
-            if self.lanes == 1:
-                try:
-                    await self._run_batch(batch)
-                finally:
-                    self._free_lanes.release()
-            else:
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"batch-{self.model}")
-                self._running.add(task)
-                task.add_done_callback(self._lane_done)
+            # The next batch forms once a lane is free again: with one lane, after this batch has run.
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"batch-{self.model}")
+            self._running.add(task)
+            task.add_done_callback(self._lane_done)
 
     def _lane_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -119,8 +119,7 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     except (ExportFailed, OSError) as exc:  # OSError: the cache dir cannot be written (full, read-only)
         log.warning("FTSERVE_ONNX=%s: %s is served by torch: %s", mode, path, exc)
         return False
-    lanes = max(1, min(LANES, threads))
-    per_run = session_threads(threads, lanes)
+    lanes, per_run = lane_layout(threads)
     predictor.model = OrtEncoder(session(model_file, threads=per_run), task=task, config=predictor.model.config,
                                  path=model_file)
     predictor.lanes = lanes
@@ -129,17 +128,18 @@ def use_onnx(predictor: Any, *, task: str, path: str, mode: str, data_dir: Path,
     return True
 
 
-def session_threads(threads: int, lanes: int) -> int:
-    """A session's intra-op threads for `lanes` concurrent runs on `threads` cores: a run computes on its calling
-    thread and the session's pool of `intra_op_num_threads - 1` threads, which concurrent runs share, so callers
-    plus pool add up to `threads` (1 on 2 cores with 2 lanes: no pool)."""
-    return max(1, threads - lanes + 1)
+def lane_layout(threads: int) -> tuple[int, int]:
+    """(lanes, the session's intra-op threads) for a model served on `threads` cores. A run computes on its
+    calling thread and the session's pool of `intra_op_num_threads - 1` threads, which concurrent runs share, so
+    callers plus pool add up to `threads` (2 lanes and 1 thread on 2 cores: no pool)."""
+    lanes = max(1, min(LANES, threads))
+    return lanes, max(1, threads - lanes + 1)
 
 
 def session(model_file: Path, *, threads: int = 1) -> Any:
     """A CPU session whose runs compute on `threads` threads (the calling one included), ops in sequence.
 
-    The API runs `LANES` batches at once on one session (the predictor's `lanes`; `session_threads`): on 2 cores,
+    The API runs `LANES` batches at once on one session (the predictor's `lanes`; `lane_layout`): on 2 cores,
     two single-threaded batches gave 1.08-1.29x the texts/s of one batch on two threads, and a single text took
     5.8 against 6.7 ms (bench/RESULTS.md; measured on 2 cores only). A run split over threads waits at every op
     for the slowest of them, and idles the other cores during the ops that do not split. A pool's threads sleep
@@ -149,7 +149,7 @@ def session(model_file: Path, *, threads: int = 1) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
